@@ -1,0 +1,267 @@
+"""The project's Wan2.1 DiT forward, state-dict compatible with the original Wan key names.
+
+Module names match the original checkpoints (and ComfyUI's WanModel), so files load with no renaming.
+Layers are built from an `operations` namespace (Linear, LayerNorm, RMSNorm, Conv3d): plain PyTorch by
+default, ComfyUI's ops when wrapped as a native MODEL (so ComfyUI's low-VRAM casting and weight patches
+apply). Each block is split into the three phases the offload scheduler streams: self-attention,
+cross-attention, FFN.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+import torch.nn as nn
+
+from ..errors import LightX2VError
+from .attention import attention_function, resolve_backend
+from .config import CLIP_DIM, PATCH_SIZE
+
+TORCH_OPS = types.SimpleNamespace(Linear=nn.Linear, LayerNorm=nn.LayerNorm, RMSNorm=nn.RMSNorm, Conv3d=nn.Conv3d)
+
+
+def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding: [cos | sin] of t * 10000^(-i/half), computed in float32."""
+    half = dim // 2
+    position = timesteps.float()
+    freqs = torch.pow(10000, -torch.arange(half, device=position.device).to(position).div(half))
+    angles = torch.outer(position, freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def rope_tables(head_dim: int, f: int, h: int, w: int, device, f_positions=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [L, head_dim/2] of Wan's 3-axis RoPE (time gets d - 4*(d//6) dims, h and w 2*(d//6))."""
+    axes = (head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6))
+    grids = torch.meshgrid(
+        torch.arange(f, dtype=torch.float64, device=device) if f_positions is None else f_positions.double(),
+        torch.arange(h, dtype=torch.float64, device=device),
+        torch.arange(w, dtype=torch.float64, device=device),
+        indexing="ij",
+    )
+    angles = []
+    for axis_dim, pos in zip(axes, grids):
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, axis_dim, 2, dtype=torch.float64, device=device) / axis_dim))
+        angles.append(pos.reshape(-1, 1) * inv_freq)
+    angles = torch.cat(angles, dim=1)
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of x [B, L, H, D] by the per-token angles (math in float32)."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[None, :, None], sin[None, :, None]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim, num_heads, eps, ops, device, dtype):
+        super().__init__()
+        self.num_heads = num_heads
+        kw = {"device": device, "dtype": dtype}
+        self.q = ops.Linear(dim, dim, **kw)
+        self.k = ops.Linear(dim, dim, **kw)
+        self.v = ops.Linear(dim, dim, **kw)
+        self.o = ops.Linear(dim, dim, **kw)
+        self.norm_q = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **kw)
+        self.norm_k = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **kw)
+        self.attend = None  # set by WanDiT.set_attention
+
+    def heads(self, x):
+        return x.unflatten(-1, (self.num_heads, -1))
+
+    def forward(self, x, rope):
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope)
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), *rope)
+        return self.o(self.attend(q, k, self.heads(self.v(x))))
+
+
+class CrossAttention(SelfAttention):
+    """Text cross-attention; I2V models add a second attention over the CLIP image tokens."""
+
+    def __init__(self, dim, num_heads, eps, ops, device, dtype, image_input: bool):
+        super().__init__(dim, num_heads, eps, ops, device, dtype)
+        if image_input:
+            kw = {"device": device, "dtype": dtype}
+            self.k_img = ops.Linear(dim, dim, **kw)
+            self.v_img = ops.Linear(dim, dim, **kw)
+            self.norm_k_img = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **kw)
+        self.image_input = image_input
+
+    def forward(self, x, context, context_img_len=None):
+        q = self.heads(self.norm_q(self.q(x)))
+        if self.image_input:
+            # As in ComfyUI: without clip_fea (context_img_len None) both slices are the whole context.
+            context_img, context = context[:, :context_img_len], context[:, context_img_len:]
+            k_img = self.heads(self.norm_k_img(self.k_img(context_img)))
+            img_out = self.attend(q, k_img, self.heads(self.v_img(context_img)))
+        out = self.attend(q, self.heads(self.norm_k(self.k(context))), self.heads(self.v(context)))
+        if self.image_input:
+            out = out + img_out
+        return self.o(out)
+
+
+class WanBlock(nn.Module):
+    def __init__(self, dim, ffn_dim, num_heads, eps, image_input, ops, device, dtype):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.norm1 = ops.LayerNorm(dim, eps, elementwise_affine=False, **kw)
+        self.self_attn = SelfAttention(dim, num_heads, eps, ops, device, dtype)
+        self.norm3 = ops.LayerNorm(dim, eps, elementwise_affine=True, **kw)
+        self.cross_attn = CrossAttention(dim, num_heads, eps, ops, device, dtype, image_input)
+        self.norm2 = ops.LayerNorm(dim, eps, elementwise_affine=False, **kw)
+        self.ffn = nn.Sequential(ops.Linear(dim, ffn_dim, **kw), nn.GELU(approximate="tanh"), ops.Linear(ffn_dim, dim, **kw))
+        self.modulation = nn.Parameter(torch.empty(1, 6, dim, **kw))
+
+    def modulation_terms(self, e0, x):
+        """shift/scale/gate for both modulated sub-layers: 6 tensors [B, 1, dim]."""
+        return (self.modulation.to(device=x.device, dtype=x.dtype) + e0).chunk(6, dim=1)
+
+    def self_attention_phase(self, x, mod, rope):
+        y = self.self_attn(torch.addcmul(mod[0], self.norm1(x), 1 + mod[1]), rope)
+        return torch.addcmul(x, y, mod[2])
+
+    def cross_attention_phase(self, x, context, context_img_len):
+        return x + self.cross_attn(self.norm3(x), context, context_img_len)
+
+    def ffn_phase(self, x, mod):
+        y = self.ffn(torch.addcmul(mod[3], self.norm2(x), 1 + mod[4]))
+        return torch.addcmul(x, y, mod[5])
+
+    def forward(self, x, e, freqs, context, context_img_len=None, transformer_options=None):
+        # Keyword names match ComfyUI's WanAttentionBlock, so `patches_replace["dit"]` patches can call us.
+        mod = self.modulation_terms(e, x)
+        x = self.self_attention_phase(x.contiguous(), mod, freqs)
+        x = self.cross_attention_phase(x, context, context_img_len)
+        return self.ffn_phase(x, mod)
+
+
+class Head(nn.Module):
+    def __init__(self, dim, out_features, eps, ops, device, dtype):
+        super().__init__()
+        self.norm = ops.LayerNorm(dim, eps, elementwise_affine=False, device=device, dtype=dtype)
+        self.head = ops.Linear(dim, out_features, device=device, dtype=dtype)
+        self.modulation = nn.Parameter(torch.empty(1, 2, dim, device=device, dtype=dtype))
+
+    def forward(self, x, e):
+        shift, scale = (self.modulation.to(device=x.device, dtype=x.dtype) + e.unsqueeze(1)).chunk(2, dim=1)
+        return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
+
+
+class ImageProjection(nn.Module):
+    """img_emb: CLIP-vision features -> image context tokens (FLF2V adds a position embedding)."""
+
+    def __init__(self, dim, flf_tokens, ops, device, dtype):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.proj = nn.Sequential(
+            ops.LayerNorm(CLIP_DIM, **kw), ops.Linear(CLIP_DIM, CLIP_DIM, **kw), nn.GELU(),
+            ops.Linear(CLIP_DIM, dim, **kw), ops.LayerNorm(dim, **kw),
+        )
+        self.emb_pos = nn.Parameter(torch.empty(1, flf_tokens, CLIP_DIM, **kw)) if flf_tokens else None
+
+    def forward(self, clip_fea):
+        if self.emb_pos is not None:
+            n = min(clip_fea.shape[1], self.emb_pos.shape[1])
+            clip_fea = clip_fea[:, :n] + self.emb_pos[:, :n].to(device=clip_fea.device, dtype=clip_fea.dtype)
+        return self.proj(clip_fea)
+
+
+class WanDiT(nn.Module):
+    def __init__(self, model_type="t2v", patch_size=PATCH_SIZE, in_dim=16, dim=1536, ffn_dim=8960, freq_dim=256,
+                 text_dim=4096, out_dim=16, num_heads=12, num_layers=30, eps=1e-6, flf_pos_embed_token_number=None,
+                 attention_backend="auto", device=None, dtype=None, operations=None, **_ignored_comfy_config):
+        super().__init__()
+        if tuple(patch_size) != PATCH_SIZE:
+            raise LightX2VError(f"Unsupported patch size {patch_size}: Wan2.1 uses {PATCH_SIZE}.")
+        ops = operations or TORCH_OPS
+        kw = {"device": device, "dtype": dtype}
+        self.dtype = dtype
+        self.model_type, self.in_dim, self.dim, self.out_dim = model_type, in_dim, dim, out_dim
+        self.freq_dim, self.num_heads, self.patch_size = freq_dim, num_heads, PATCH_SIZE
+        # The patch embedding stays in float32, as in ComfyUI and the original model.
+        self.patch_embedding = ops.Conv3d(in_dim, dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE, device=device, dtype=torch.float32)
+        self.text_embedding = nn.Sequential(ops.Linear(text_dim, dim, **kw), nn.GELU(approximate="tanh"), ops.Linear(dim, dim, **kw))
+        self.time_embedding = nn.Sequential(ops.Linear(freq_dim, dim, **kw), nn.SiLU(), ops.Linear(dim, dim, **kw))
+        self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(dim, dim * 6, **kw))
+        image_input = model_type == "i2v"
+        self.blocks = nn.ModuleList(
+            WanBlock(dim, ffn_dim, num_heads, eps, image_input, ops, device, dtype) for _ in range(num_layers)
+        )
+        self.head = Head(dim, out_dim * math.prod(PATCH_SIZE), eps, ops, device, dtype)
+        self.img_emb = ImageProjection(dim, flf_pos_embed_token_number, ops, device, dtype) if image_input else None
+        self.set_attention(attention_backend)
+
+    def set_attention(self, backend: str) -> None:
+        self.attention_backend = resolve_backend(backend)
+        attend = attention_function(self.attention_backend)
+        for block in self.blocks:
+            block.self_attn.attend = attend
+            block.cross_attn.attend = attend
+
+    def forward(self, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None, **kwargs):
+        """x [B, in_dim, T, H, W], timestep [B] (sigma*1000), context [B, L, text_dim] -> [B, out_dim, T, H, W]."""
+        transformer_options = transformer_options or {}
+        if x.shape[1] != self.in_dim:
+            if self.in_dim > x.shape[1]:
+                raise LightX2VError(
+                    f"This is an image-to-video Wan model ({self.in_dim} input channels) but it received a "
+                    f"{x.shape[1]}-channel latent with no image conditioning. Feed the positive/negative "
+                    "conditioning through WanImageToVideo (start image + CLIP vision), or load a T2V model."
+                )
+            raise LightX2VError(f"The model expects {self.in_dim} latent channels but got {x.shape[1]}: wrong model for this latent.")
+        t, h, w = x.shape[2:]
+        x = _pad_to_patch(x)
+        if time_dim_concat is not None:
+            x = torch.cat([x, _pad_to_patch(time_dim_concat)], dim=2)
+        out = self.forward_tokens(x, timestep, context, clip_fea, transformer_options)
+        return out[:, :, :t, :h, :w]
+
+    def forward_tokens(self, x, timestep, context, clip_fea, transformer_options):
+        x = self.patch_embedding(x.float()).to(x.dtype)
+        grid = x.shape[2:]
+        x = x.flatten(2).transpose(1, 2)
+        rope = rope_tables(self.dim // self.num_heads, *grid, device=x.device)
+
+        e = self.time_embedding(sinusoidal_embedding(self.freq_dim, timestep.flatten()).to(x.dtype))
+        e0 = self.time_projection(e).unflatten(1, (6, self.dim))
+        context = self.text_embedding(context)
+        context_img_len = None
+        if clip_fea is not None and self.img_emb is not None:
+            context = torch.cat([self.img_emb(clip_fea), context], dim=1)
+            context_img_len = clip_fea.shape[-2]
+
+        x = self.run_blocks(x, e0, rope, context, context_img_len, transformer_options)
+        return self.unpatchify(self.head(x, e), grid)
+
+    def run_blocks(self, x, e0, rope, context, context_img_len, transformer_options):
+        """All blocks in order, honouring ComfyUI-style `patches_replace["dit"][("double_block", i)]`."""
+        replace = transformer_options.get("patches_replace", {}).get("dit", {})
+        for i, block in enumerate(self.blocks):
+            if ("double_block", i) in replace:
+                def original_block(args, block=block):
+                    img = block(args["img"], e=args["vec"], freqs=args["pe"], context=args["txt"],
+                                context_img_len=context_img_len, transformer_options=args["transformer_options"])
+                    return {"img": img}
+                args = {"img": x, "txt": context, "vec": e0, "pe": rope, "transformer_options": transformer_options}
+                x = replace[("double_block", i)](args, {"original_block": original_block})["img"]
+            else:
+                x = block(x, e=e0, freqs=rope, context=context, context_img_len=context_img_len)
+        return x
+
+    def unpatchify(self, x, grid):
+        b, (pt, ph, pw) = x.shape[0], self.patch_size
+        x = x[:, : math.prod(grid)].view(b, *grid, pt, ph, pw, self.out_dim)
+        x = torch.einsum("bfhwpqrc->bcfphqwr", x)
+        return x.reshape(b, self.out_dim, grid[0] * pt, grid[1] * ph, grid[2] * pw)
+
+
+def _pad_to_patch(x):
+    """Circular padding of T, H, W up to patch multiples, as ComfyUI's pad_to_patch_size does."""
+    pad = []
+    for size, patch in zip(reversed(x.shape[2:]), reversed(PATCH_SIZE)):
+        pad += [0, (patch - size % patch) % patch]
+    return torch.nn.functional.pad(x, pad, mode="circular") if any(pad) else x
