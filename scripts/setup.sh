@@ -57,7 +57,7 @@ if [ ! -f "$stamp" ] || [ "$root/constraints.txt" -nt "$stamp" ] || [ "$root/req
   step "installing ComfyUI requirements (pinned by constraints.txt) and test tools"
   grep -v -E '^(torch|torchvision|torchaudio)([^a-z_-]|$)' "$comfy_dir/requirements.txt" > "$venv/comfy-requirements.txt"
   $pip_ install -q -c "$root/constraints.txt" -r "$venv/comfy-requirements.txt" -r "$root/requirements-dev.txt" \
-    torch==2.14.1 torchvision==0.29.1
+    requests torch==2.14.1 torchvision==0.29.1
   touch "$stamp"
 fi
 

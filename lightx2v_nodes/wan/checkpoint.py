@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import LightX2VError
+from .config import detect_config
+from .keys import check_is_wan, to_original_layout
 
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 NON_BLOCK_NAME = "non_block.safetensors"
@@ -100,3 +102,11 @@ def read_state_dict(path: str, progress=None) -> dict[str, torch.Tensor]:
     if progress:
         progress(1, 1)
     return state_dict
+
+
+def load_wan_checkpoint(path: str, progress=None):
+    """Read any accepted file or directory and return (original-layout state dict, WanConfig, layout name)."""
+    state_dict, layout = to_original_layout(read_state_dict(path, progress))
+    check_is_wan(state_dict)
+    cfg = detect_config({k: tuple(v.shape) for k, v in state_dict.items()})
+    return state_dict, cfg, layout

@@ -1,0 +1,134 @@
+"""The only module that knows ComfyUI internals beyond node schemas.
+
+It wraps the project's WanDiT as a native MODEL: ComfyUI's own WAN21 model base (latent format, I2V
+concat latent, CLIP-vision conditioning, flow model sampling) around our diffusion model, inside a
+standard ModelPatcher, so every native node that takes a Wan MODEL works with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.supported_models
+import comfy.utils
+import folder_paths
+
+from .errors import LightX2VError
+from .wan.checkpoint import is_block_directory
+from .wan.config import WanConfig
+from .wan.model import WanDiT
+
+log = logging.getLogger("lightx2v_nodes")
+
+
+class ComfyWanDiT(WanDiT):
+    """WanDiT whose forward runs through ComfyUI's DIFFUSION_MODEL wrappers, as native Wan does."""
+
+    def forward(self, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
+        executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(super().forward, self, wrappers)
+        return executor.execute(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
+
+
+class LightX2VWan21(comfy.model_base.WAN21):
+    """ComfyUI's WAN21 model base with our DiT inside (built on the meta device, weights assigned later)."""
+
+    def __init__(self, model_config, image_to_video: bool, device=None):
+        comfy.model_base.BaseModel.__init__(self, model_config, comfy.model_base.ModelType.FLOW,
+                                            device=torch.device("meta"), unet_model=ComfyWanDiT)
+        self.device = device
+        self.image_to_video = image_to_video
+
+    def concat_cond(self, **kwargs):
+        if self.image_to_video and kwargs.get("concat_latent_image") is None:
+            raise LightX2VError(
+                "This is an image-to-video Wan model but the conditioning has no start image. Pass the "
+                "positive and negative conditioning through WanImageToVideo (with a start image and CLIP "
+                "vision output), or load a text-to-video model."
+            )
+        return super().concat_cond(**kwargs)
+
+
+def _weight_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
+    """The dtype most of the block weights are stored in."""
+    counts: dict[torch.dtype, int] = {}
+    for key, value in state_dict.items():
+        if key.startswith("blocks."):
+            counts[value.dtype] = counts.get(value.dtype, 0) + value.numel()
+    return max(counts, key=counts.get)
+
+
+def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dtype: str = "auto",
+                        attention: str = "auto", progress=None) -> comfy.model_patcher.ModelPatcher:
+    """A native MODEL around our DiT, holding the given original-layout weights."""
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    config_class = comfy.supported_models.WAN21_I2V if cfg.model_type == "i2v" else comfy.supported_models.WAN21_T2V
+    model_config = config_class({**cfg.unet_config(), "image_model": "wan2.1", "attention_backend": attention})
+    if dtype == "auto":
+        parameters = sum(v.numel() for v in state_dict.values())
+        unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=model_config.supported_inference_dtypes,
+                                   weight_dtype=_weight_dtype(state_dict))
+    else:
+        unet_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    manual_cast = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(unet_dtype, manual_cast)
+
+    model = LightX2VWan21(model_config, image_to_video=cfg.model_type == "i2v", device=offload_device)
+    keys = list(state_dict)
+    weights = {}
+    for i, key in enumerate(keys):
+        # As in ComfyUI's WanModel the patch embedding stays float32.
+        target = torch.float32 if key.startswith("patch_embedding.") else unet_dtype
+        weights[key] = state_dict.pop(key).to(device=offload_device, dtype=target)
+        if progress and (i % 64 == 0 or i == len(keys) - 1):
+            progress(i + 1, len(keys))
+    try:
+        model.diffusion_model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise LightX2VError(f"The file's tensors do not fit a {cfg.variant}: {str(exc)[:400]}") from None
+    model.diffusion_model.requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def diffusion_model_choices() -> list[str]:
+    """Files in models/diffusion_models plus LightX2V per-block directories (listed with a trailing '/')."""
+    files = list(folder_paths.get_filename_list("diffusion_models"))
+    dirs = []
+    for root in folder_paths.get_folder_paths("diffusion_models"):
+        if not os.path.isdir(root):
+            continue
+        for current, subdirs, _ in os.walk(root, followlinks=True):
+            for name in subdirs:
+                path = os.path.join(current, name)
+                if is_block_directory(path):
+                    dirs.append(os.path.relpath(path, root).replace(os.sep, "/") + "/")
+    return sorted(files) + sorted(dirs)
+
+
+def resolve_diffusion_model(name: str) -> str:
+    if name.endswith("/"):
+        for root in folder_paths.get_folder_paths("diffusion_models"):
+            path = os.path.join(root, name.rstrip("/"))
+            if os.path.isdir(path):
+                return path
+        raise LightX2VError(f"Per-block checkpoint folder '{name}' not found in models/diffusion_models.")
+    return folder_paths.get_full_path_or_raise("diffusion_models", name)
+
+
+class ProgressReporter:
+    """A ComfyUI progress bar (shown on the node) driven by (done, total) callbacks."""
+
+    def __init__(self, total: int = 100):
+        self.bar = comfy.utils.ProgressBar(total)
+        self.total = total
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.update_absolute(int(self.total * done / max(total, 1)), self.total)

@@ -1,0 +1,51 @@
+"""LightX2V Load Wan DiT: a Wan2.1 diffusion model file -> a native MODEL running the project's DiT."""
+
+import logging
+
+from comfy_api.latest import io
+
+from ..lightx2v_nodes.comfy_adapter import ProgressReporter, build_model_patcher, diffusion_model_choices, resolve_diffusion_model
+from ..lightx2v_nodes.wan.attention import BACKENDS
+from ..lightx2v_nodes.wan.checkpoint import load_wan_checkpoint
+
+log = logging.getLogger("lightx2v_nodes")
+
+
+class LoadWanDiT(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LightX2VLoadWanDiT",
+            display_name="LightX2V Load Wan DiT",
+            category="LightX2V",
+            description="Loads a Wan2.1 diffusion model (T2V, I2V or FLF2V, any size) with LightX2V's DiT engine. "
+                        "The variant is detected from the tensor shapes. Works with every native node that takes a MODEL.",
+            inputs=[
+                io.Combo.Input("model_name", options=diffusion_model_choices(),
+                               tooltip="A file in models/diffusion_models (.safetensors, or .pt/.pth loaded as weights only), "
+                                       "or a LightX2V per-block folder (shown with a trailing '/'). Original Wan, ComfyUI "
+                                       "and diffusers key layouts are all accepted."),
+                io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
+                               tooltip="Compute dtype. auto picks what ComfyUI would pick for this GPU and file."),
+                io.Combo.Input("attention", options=list(BACKENDS), default="auto",
+                               tooltip="Attention kernel. auto = PyTorch SDPA (fastest measured on H100); sage and "
+                                       "flash need the sageattention / flash-attn packages."),
+            ],
+            outputs=[io.Model.Output(tooltip="A native MODEL: connect it to KSampler, LoRA loaders, WanImageToVideo, ...")],
+        )
+
+    @classmethod
+    def execute(cls, model_name, dtype, attention):
+        progress = ProgressReporter()
+        path = resolve_diffusion_model(model_name)
+        state_dict, cfg, layout = load_wan_checkpoint(path, progress=lambda d, t: progress(d, 2 * t))
+        parameters = sum(v.numel() for v in state_dict.values())
+        model = build_model_patcher(state_dict, cfg, dtype, attention, progress=lambda d, t: progress(t + d, 2 * t))
+        dit = model.model.diffusion_model
+        log.info("LightX2V: loaded %s (%s layout), dtype %s, attention %s, %.2fM parameters",
+                 cfg.variant, layout, str(model.model.get_dtype()).replace("torch.", ""),
+                 dit.attention_backend, parameters / 1e6)
+        return io.NodeOutput(model)
+
+
+NODES = [LoadWanDiT]

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets everything up (idempotent) and starts ComfyUI with the pack on http://127.0.0.1:8188.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bash "$root/scripts/setup.sh"
+comfy_dir=${COMFYUI_DIR:-"$root/.comfyui"}
+cpu_flag=$("$root/.venv/bin/python" -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
+cd "$comfy_dir"
+exec "$root/.venv/bin/python" main.py $cpu_flag --base-directory "$root/.run" --listen 127.0.0.1 --port "${PORT:-8188}" "$@"

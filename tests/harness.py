@@ -1,0 +1,80 @@
+"""In-process ComfyUI helpers for tests: load nodes, run API-format prompts through ComfyUI's executor."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+
+def load_all_nodes(pack_dir):
+    import nodes
+
+    async def init():
+        await nodes.init_public_apis()
+        await nodes.init_builtin_extra_nodes()
+        ok = await nodes.load_custom_node(str(pack_dir))
+        assert ok, "the pack failed to import (see the log above)"
+
+    asyncio.run(init())
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+class _Server:
+    """What PromptExecutor needs from ComfyUI's PromptServer: it records the messages it is sent."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+
+class PromptRun:
+    def __init__(self, executor, server):
+        self.executor, self.server = executor, server
+
+    def output(self, node_id, index=0):
+        """The value a node produced at output `index` (from the executor's output cache)."""
+        entry = self.executor.caches.outputs.get(str(node_id))
+        assert entry is not None, f"node {node_id} has no cached output"
+        outputs = entry.outputs if hasattr(entry, "outputs") else entry[0]
+        return outputs[index][0] if isinstance(outputs[index], list) else outputs[index]
+
+    def error(self):
+        for event, data in self.server.messages:
+            if event == "execution_error":
+                return data
+        return None
+
+
+def run_prompt(prompt: dict, outputs=None, expect_error: bool = False) -> PromptRun:
+    """Validate and execute an API-format prompt in-process; fails with ComfyUI's own error text.
+
+    `outputs` lists node ids to execute when the prompt has no output node (their inputs are validated
+    the way the server validates output nodes); by default the prompt's output nodes run.
+    """
+    import execution
+
+    prompt_id = str(uuid.uuid4())
+    if outputs is None:
+        valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        assert valid[0], f"prompt did not validate: {valid[1]} {valid[3]}"
+        outputs = valid[2]
+    else:
+        validated = {}
+        for node_id in outputs:
+            ok, reasons, _ = asyncio.run(execution.validate_inputs(prompt_id, prompt, str(node_id), validated))
+            assert ok, f"node {node_id} did not validate: {reasons}"
+    server = _Server()
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0.0})
+    executor.execute(prompt, prompt_id, {}, [str(o) for o in outputs])
+    run = PromptRun(executor, server)
+    err = run.error()
+    if expect_error:
+        assert err is not None, "the prompt was expected to fail but succeeded"
+    else:
+        assert executor.success and err is None, f"execution failed: {err and err['exception_message']}"
+    return run
