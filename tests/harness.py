@@ -78,3 +78,25 @@ def run_prompt(prompt: dict, outputs=None, expect_error: bool = False) -> Prompt
     else:
         assert executor.success and err is None, f"execution failed: {err and err['exception_message']}"
     return run
+
+
+def raises_lightx2v_error(match: str):
+    """pytest.raises for LightX2VError raised inside the loaded pack.
+
+    ComfyUI imports the pack under its folder name, so its LightX2VError is a different class object than
+    the one tests get from `import lightx2v_nodes`; compare by name instead.
+    """
+    import pytest
+
+    class _Check:
+        def __enter__(self):
+            self.ctx = pytest.raises(ValueError, match=match)
+            self.info = self.ctx.__enter__()
+            return self.info
+
+        def __exit__(self, *exc):
+            handled = self.ctx.__exit__(*exc)
+            assert type(self.info.value).__name__ == "LightX2VError", type(self.info.value)
+            return handled
+
+    return _Check()

@@ -39,3 +39,16 @@ def test_t2v_prompt_ours_equals_native(comfy_nodes, tiny_t2v):
     assert torch.isfinite(a).all()
     rel = ((a - b).norm() / b.norm()).item()
     assert rel <= 1e-5, rel
+
+
+def test_bad_file_error_reaches_the_ui(comfy_nodes, models_dir):
+    from safetensors.torch import save_file
+
+    name = "test_not_wan.safetensors"
+    save_file({"decoder.22.bias": torch.zeros(3)}, str(models_dir / "diffusion_models" / name))
+    run = run_prompt(t2v_prompt({"class_type": "LightX2VLoadWanDiT",
+                                 "inputs": {"model_name": name, "dtype": "auto", "attention": "auto"}}),
+                     outputs=["5"], expect_error=True)
+    err = run.error()
+    assert err["node_id"] == "1" and err["exception_type"].endswith("LightX2VError")
+    assert "not a Wan2.1 DiT" in err["exception_message"] and "VAE" in err["exception_message"]
