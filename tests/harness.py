@@ -44,7 +44,7 @@ class PromptRun:
         return outputs[index][0] if isinstance(outputs[index], list) else outputs[index]
 
     def error(self):
-        for event, data in self.server.messages:
+        for event, data in self.executor.status_messages:
             if event == "execution_error":
                 return data
         return None
