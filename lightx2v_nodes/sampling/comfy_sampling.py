@@ -1,0 +1,156 @@
+"""Runs our schedules through ComfyUI's own sampling machinery (the only sampling module importing comfy).
+
+Going through comfy.samplers.CFGGuider + KSAMPLER is what lets image-to-video conditioning from
+WanImageToVideo, native model patches and wrappers, latent previews and interruption work unchanged.
+Sigmas are passed explicitly, so the MODEL's own model_sampling shift (8 for Wan, or whatever
+ModelSamplingSD3 set) never changes the schedule: for flow models it only turns sigma into the
+timestep the DiT receives, sigma * 1000.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..errors import LightX2VError
+from .changing_resolution import Stage, renoise, resize_latent
+
+log = logging.getLogger("lightx2v_nodes")
+
+# Distill modes of the 4-step sampler and the ComfyUI sampler that implements each update rule.
+MODE_SAMPLERS = {
+    "deterministic": "euler",  # x_next = x0 + sigma_next * v: an Euler step of the flow ODE
+    "renoise": "lcm",  # x_next = (1 - sigma_next) * x0 + sigma_next * fresh seeded noise
+}
+
+
+class StepProgress:
+    """One progress bar (with latent previews) over a whole run, a log line per step with its time, and
+    the latest x0 (the denoised estimate the sampler reports at each step)."""
+
+    def __init__(self, model, total_steps: int, label: str):
+        self.preview = latent_preview.prepare_callback(model, total_steps)
+        self.total_steps = total_steps
+        self.label = label
+        self.started = time.perf_counter()
+        self.last_step = -1
+        self.x0 = None
+
+    def callback(self, step_offset: int = 0):
+        def on_step(step, x0, x, total_steps):
+            step += step_offset
+            now = time.perf_counter()
+            log.info("LightX2V %s: step %d/%d, %.2f s", self.label, step + 1, self.total_steps, now - self.started)
+            self.started = now
+            self.last_step, self.x0 = step, x0
+            self.preview(step, x0, x, self.total_steps)
+        return on_step
+
+
+def make_guider(model, positive, negative, cfg: float) -> comfy.samplers.CFGGuider:
+    """ComfyUI's CFG guider. At cfg 1 it makes one model call per step and never evaluates the negative."""
+    if negative is None:
+        if not math.isclose(cfg, 1.0):
+            raise LightX2VError(f"cfg {cfg:g} needs a negative conditioning: connect one, or set cfg to 1.0 "
+                                f"(distilled models are sampled without CFG).")
+        negative = []
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    return guider
+
+
+def check_sampler_name(sampler_name: str) -> str:
+    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
+        raise LightX2VError(f"Unknown sampler '{sampler_name}'. Pick one of: {', '.join(comfy.samplers.KSampler.SAMPLERS)}.")
+    return sampler_name
+
+
+def _input_latent(model, latent: dict) -> torch.Tensor:
+    return comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+
+
+def sample_with_sigmas(model, positive, negative, latent: dict, seed: int, sigmas: torch.Tensor, cfg: float,
+                       sampler_name: str, label: str) -> dict:
+    """What SamplerCustomAdvanced does with RandomNoise + CFGGuider + KSamplerSelect, in one call."""
+    latent_image = _input_latent(model, latent)
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    guider = make_guider(model, positive, negative, cfg)
+    progress = StepProgress(model, len(sigmas) - 1, label)
+    samples = guider.sample(noise, latent_image, comfy.samplers.sampler_object(check_sampler_name(sampler_name)), sigmas,
+                            denoise_mask=latent.get("noise_mask"), callback=progress.callback(),
+                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = latent.copy()
+    out["samples"] = samples.to(mm.intermediate_device())
+    return out
+
+
+def conditioning_at_size(conditioning, latent_hw: tuple[int, int]):
+    """Conditioning whose image-to-video concat latent and mask are resized (trilinear, like the noisy
+    latent) to a stage's latent size. ComfyUI would rescale them itself, but with a center crop whenever
+    the even-rounded stage size changes the aspect ratio, misaligning them with the latent."""
+    if conditioning is None:
+        return None
+    out = []
+    for tensor, options in conditioning:
+        options = options.copy()
+        for key in ("concat_latent_image", "concat_mask"):
+            value = options.get(key)
+            if isinstance(value, torch.Tensor) and value.ndim == 5:
+                options[key] = resize_latent(value, latent_hw)
+        out.append([tensor, options])
+    return out
+
+
+def _noise_reaching(x_start: torch.Tensor, latent_in: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The noise n for which ComfyUI's start point sigma*n + (1-sigma)*latent is exactly x_start: a stage
+    after a switch starts from our re-noised latent, at the step its schedule continues from."""
+    return (x_start - (1.0 - sigma) * latent_in) / sigma
+
+
+def sample_changing_resolution(model, positive, negative, latent: dict, seed: int, stages: list[Stage], cfg: float,
+                               sampler_name: str) -> dict:
+    """Runs each stage through ComfyUI's sampler at its own latent size (stage k uses seed + k)."""
+    check_sampler_name(sampler_name)
+    full = _input_latent(model, latent)
+    if full.is_nested or full.ndim != 5:
+        raise LightX2VError(f"Changing-resolution sampling needs a video latent [B, C, T, H, W]; got shape "
+                            f"{tuple(full.shape)}. Use EmptyHunyuanLatentVideo or WanImageToVideo for the latent.")
+    full_hw = tuple(full.shape[-2:])
+    progress = StepProgress(model, stages[-1].end_step, "changing-resolution")
+    previous = None
+    for stage in stages:
+        mm.throw_exception_if_processing_interrupted()
+        latent_image = resize_latent(full, stage.latent_hw)
+        stage_seed = (seed + stage.index) % 2**64
+        noise = comfy.sample.prepare_noise(latent_image, stage_seed, latent.get("batch_index"))
+        sigmas = stage.sampler_sigmas()
+        if previous is not None:
+            x0 = resize_latent(progress.x0.to(device=noise.device, dtype=noise.dtype), stage.latent_hw)
+            x_start = renoise(x0, noise, previous.exit_sigma())
+            latent_in = model.model.process_latent_in(latent_image) if torch.count_nonzero(latent_image) > 0 else latent_image
+            noise = _noise_reaching(x_start, latent_in, float(sigmas[0]))
+        conds = (positive, negative) if stage.latent_hw == full_hw else (
+            conditioning_at_size(positive, stage.latent_hw), conditioning_at_size(negative, stage.latent_hw))
+        log.info("LightX2V changing-resolution: stage %d, steps %d-%d, latent %dx%d, shift %g",
+                 stage.index + 1, stage.first_step + 1, stage.end_step, *stage.latent_hw, stage.shift)
+        samples = make_guider(model, *conds, cfg).sample(
+            noise, latent_image, comfy.samplers.sampler_object(sampler_name), sigmas,
+            denoise_mask=latent.get("noise_mask"), callback=progress.callback(stage.first_step),
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=stage_seed)
+        if not stage.is_last and progress.last_step != stage.end_step - 1:
+            raise LightX2VError(f"Sampler '{sampler_name}' does not report its denoised latent at every step, which "
+                                f"changing resolution needs at a switch. Use euler, lcm, uni_pc or dpmpp_2m.")
+        previous = stage
+    out = latent.copy()
+    out["samples"] = samples.to(mm.intermediate_device())
+    return out
