@@ -1,0 +1,85 @@
+"""Per-token (per-row) dynamic symmetric activation quantization to int8 or float8_e4m3fn.
+
+s = absmax(row) / QMAX; int8: q = clamp(round(x / s), -128, 127); fp8: q = fp8(clamp(x / s, -448, 448)).
+The Triton kernel fuses the absmax, the scale and the cast into one launch (one program per row), where
+PyTorch needs four passes over the activations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
+# Rows that are all zero get this absmax, so their scale is not 0 (x / 0 would be NaN); q is 0 anyway.
+MIN_ABSMAX = 1e-12
+# Adding and subtracting 1.5 * 2^23 rounds an fp32 value to the nearest integer, ties to even, like torch.round.
+_ROUND_MAGIC = 12582912.0
+
+
+def quantize_per_token_reference(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (q [M, K] qdtype, scale [M, 1] float32)."""
+    qmax = QMAX[qdtype]
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(MIN_ABSMAX) / qmax
+    scaled = xf / scale
+    if qdtype == torch.int8:
+        return torch.round(scaled).clamp(-128, 127).to(torch.int8), scale
+    return scaled.clamp(-qmax, qmax).to(qdtype), scale
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _round_to_e4m3_grid(v):
+        """Round fp32 v (|v| <= 448) to the nearest float8_e4m3fn value, ties to even, in fp32 arithmetic.
+
+        The cast that follows is then exact. The hardware cast rounds the same way, but Triton's CPU
+        interpreter mis-rounds values whose mantissa carries into the exponent; this keeps both identical.
+        """
+        exponent = ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+        ulp_exponent = tl.maximum(exponent, -6) - 3  # 3 mantissa bits; subnormals below 2^-6
+        ulp = ((ulp_exponent + 127) << 23).to(tl.float32, bitcast=True)
+        return ((v / ulp + 12582912.0) - 12582912.0) * ulp
+
+    @triton.jit
+    def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr,
+                          BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        x_row = x_ptr + row * stride_x
+        q_row = q_ptr + row * stride_q
+        absmax = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, K, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            v = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
+            absmax = tl.maximum(absmax, tl.abs(v))
+        scale = tl.maximum(tl.max(absmax, axis=0), 1e-12) / QMAX_C
+        tl.store(s_ptr + row, scale)
+        for start in range(0, K, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            v = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32) / scale
+            if IS_INT8:
+                v = (v + 12582912.0) - 12582912.0
+                q = tl.minimum(tl.maximum(v, -128.0), 127.0).to(tl.int8)
+            else:
+                q = _round_to_e4m3_grid(tl.minimum(tl.maximum(v, -QMAX_C), QMAX_C)).to(tl.float8e4nv)
+            tl.store(q_row + cols, q, mask=cols < K)
+
+except ImportError:
+    triton = None
+
+
+def quantize_per_token(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of quantize_per_token_reference (x [M, K] with a contiguous last dim)."""
+    if triton is None:
+        raise RuntimeError("Triton is not installed")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=qdtype, device=x.device)
+    scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    block = min(triton.next_power_of_2(k), 4096)
+    _act_quant_kernel[(m,)](x, q, scale, k, x.stride(0), q.stride(0), QMAX_C=QMAX[qdtype],
+                            IS_INT8=qdtype == torch.int8, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    return q, scale

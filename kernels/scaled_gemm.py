@@ -1,0 +1,106 @@
+"""8-bit GEMM with the dequantization epilogue fused: out = (xq @ wq^T) * sx * sw^T + bias.
+
+xq [M, K] and wq [N, K] are both int8 (int32 accumulation) or both float8_e4m3fn (fp32 accumulation);
+sx [M, 1] per-token and sw [N, 1] per-output-channel float32 scales; bias [N] or None. The weight is read
+in its stored [N, K] layout (K contiguous), which is the K-major operand the tensor cores want, so no
+transposed copy is ever made. Fusing the epilogue saves the int32/fp32 [M, N] round trip through memory
+that `torch._int_mm` + a separate scale pass costs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def scaled_gemm_reference(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16):
+    """Plain PyTorch: exact integer-valued products summed in float32, then the same epilogue."""
+    acc = xq.float() @ wq.float().t()
+    out = acc * sx.float() * sw.float().t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _scaled_gemm_kernel(a_ptr, b_ptr, out_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
+                            stride_am, stride_ak, stride_bn, stride_bk, stride_om, stride_on,
+                            HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        # Grouped ordering of the output tiles: GROUP_M row-tiles share B tiles while they sit in L2.
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        group_size = GROUP_M * num_n
+        first_m = (pid // group_size) * GROUP_M
+        rows_in_group = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group_size) % rows_in_group
+        pid_n = (pid % group_size) // rows_in_group
+
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        a_ptrs = a_ptr + rm[:, None].to(tl.int64) * stride_am + rk[None, :] * stride_ak
+        b_ptrs = b_ptr + rn[None, :].to(tl.int64) * stride_bn + rk[:, None] * stride_bk
+        if IS_INT8:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < k_left), other=0.0)
+            b = tl.load(b_ptrs, mask=(rn[None, :] < N) & (rk[:, None] < k_left), other=0.0)
+            if IS_INT8:
+                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(a, b, acc)
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
+
+        sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
+        sb = tl.load(sb_ptr + rn, mask=rn < N, other=0.0)
+        out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        o_ptrs = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :] * stride_on
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+    # Large tiles for the GPU (chosen per shape by the autotuner); small fixed tiles for the CPU interpreter.
+    _GPU_CONFIGS = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 4, 4), (64, 128, 4, 4)]
+    ]
+    _autotuned_kernel = triton.autotune(_GPU_CONFIGS, key=["M", "N", "K", "IS_INT8"])(_scaled_gemm_kernel)
+except ImportError:
+    triton = None
+
+
+def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16):
+    """Triton version of scaled_gemm_reference."""
+    if triton is None:
+        raise RuntimeError("Triton is not installed")
+    m, k = xq.shape
+    n = wq.shape[0]
+    if wq.shape[1] != k or wq.dtype != xq.dtype:
+        raise ValueError(f"scaled_gemm: x {tuple(xq.shape)} {xq.dtype} does not match w {tuple(wq.shape)} {wq.dtype}")
+    out = torch.empty((m, n), dtype=out_dtype, device=xq.device)
+    sx = sx.reshape(-1).float().contiguous()
+    sw = sw.reshape(-1).float().contiguous()
+    args = (xq, wq, out, sx, sw, bias if bias is not None else sx, m, n, k,
+            xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), out.stride(0), out.stride(1))
+    flags = {"HAS_BIAS": bias is not None, "IS_INT8": xq.dtype == torch.int8}
+    if _INTERPRET:
+        blocks = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
+        grid = (triton.cdiv(m, blocks["BLOCK_M"]) * triton.cdiv(n, blocks["BLOCK_N"]),)
+        _scaled_gemm_kernel[grid](*args, **flags, **blocks)
+    else:
+        def grid(meta):
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        _autotuned_kernel[grid](*args, **flags)
+    return out

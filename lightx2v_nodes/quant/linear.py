@@ -1,0 +1,117 @@
+"""QuantLinear: an 8-bit linear layer (int8 or float8_e4m3fn weights, per-output-channel float32 scales).
+
+It also speaks ComfyUI's weight-patching protocol (the attributes and `convert_weight` / `set_weight`
+hooks that comfy.model_patcher looks for), so native LoRA nodes work on it by
+dequantize -> merge -> requantize. A merged weight is requantized with fresh per-channel scales that
+travel on the new weight tensor itself: when ComfyUI unpatches it restores the original weight tensor,
+and with it the original `weight_scale`, so patching and unpatching are exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .backends import dispatch
+from .formats import FORMATS, QMAX, format_of_dtype, quantize_weight
+
+MODES = ("w8a8", "weight_only")
+_PATCHED_SCALE = "_lightx2v_scale"
+
+
+class QuantLinear(nn.Module):
+    # Read by ComfyUI's model patcher: low-VRAM casting flag and per-forward weight/bias patch functions.
+    comfy_cast_weights = False
+    weight_function: list = []
+    bias_function: list = []
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "fp8", mode: str = "w8a8",
+                 device=None, bias_dtype=torch.bfloat16):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self.in_features, self.out_features, self.mode = in_features, out_features, mode
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FORMATS[fmt], device=device), requires_grad=False)
+        self.weight_scale = nn.Parameter(torch.ones(out_features, 1, dtype=torch.float32, device=device), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, fmt: str, mode: str = "w8a8") -> "QuantLinear":
+        """Quantize an existing float linear (its weight is read once; the result lives on the same device)."""
+        q, scale = quantize_weight(linear.weight.detach(), fmt)
+        bias = linear.bias
+        layer = cls(linear.in_features, linear.out_features, bias is not None, fmt, mode, device="meta",
+                    bias_dtype=bias.dtype if bias is not None else torch.bfloat16)
+        layer.weight = nn.Parameter(q, requires_grad=False)
+        layer.weight_scale = nn.Parameter(scale, requires_grad=False)
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        return layer
+
+    @property
+    def fmt(self) -> str:
+        return format_of_dtype(self.weight.dtype)
+
+    def current_scale(self) -> torch.Tensor:
+        """The scale of the weight tensor now in place (a LoRA-merged weight carries its own)."""
+        return getattr(self.weight, _PATCHED_SCALE, self.weight_scale)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.fmt} {self.mode}, bias={self.bias is not None}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, scale = self.weight, self.current_scale()
+        if weight.device != x.device:  # ComfyUI low-VRAM mode keeps weights on the host
+            weight = weight.to(x.device, non_blocking=True)
+        scale = scale.to(x.device, non_blocking=True)
+        for patch in self.weight_function:  # ComfyUI's LowVramPatch: returns the requantized merged weight
+            weight = patch(weight)
+        bias = self.bias
+        if bias is not None:
+            bias = bias.to(x.device, non_blocking=True)
+            for patch in self.bias_function:
+                bias = patch(bias)
+        x2d = x.reshape(-1, self.in_features)
+        if not x2d.is_contiguous():
+            x2d = x2d.contiguous()
+        y = dispatch(self.fmt, self.mode, x2d, weight, scale, bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    # ---- ComfyUI weight patching (comfy.model_patcher.get_key_weight finds these by name) ----
+
+    def convert_weight(self, weight: torch.Tensor, inplace: bool = False, **kwargs) -> torch.Tensor:
+        """Stored 8-bit values (or a float32 copy of them) -> the float32 weight they stand for."""
+        scale = self.current_scale().to(device=weight.device, dtype=torch.float32)
+        if inplace and weight.dtype == torch.float32:
+            return weight.mul_(scale)
+        return weight.float() * scale
+
+    def set_weight(self, weight: torch.Tensor, inplace_update: bool = False, seed=None, return_weight: bool = False, **kwargs):
+        """A merged float weight -> stored 8-bit form.
+
+        In place (or when ComfyUI only wants the tensor back, in low-VRAM mode) the existing scales are
+        kept and out-of-range values clamp; otherwise the weight is requantized with fresh scales.
+        """
+        if return_weight or inplace_update:
+            q = _quantize_with_scale(weight, self.current_scale().to(weight.device), self.weight.dtype)
+            if return_weight:
+                return q
+            self.weight.data.copy_(q)
+            return None
+        q, scale = quantize_weight(weight, self.fmt)
+        param = nn.Parameter(q.to(self.weight.device), requires_grad=False)
+        setattr(param, _PATCHED_SCALE, scale.to(self.weight.device))
+        self.weight = param
+        return None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight_scale"] = self.current_scale() if keep_vars else self.current_scale().detach()
+
+
+def _quantize_with_scale(weight: torch.Tensor, scale: torch.Tensor, qdtype: torch.dtype) -> torch.Tensor:
+    scaled = weight.float() / scale.float()
+    if qdtype == torch.int8:
+        return torch.round(scaled).clamp(-128, 127).to(torch.int8)
+    qmax = QMAX[qdtype]
+    return scaled.clamp(-qmax, qmax).to(qdtype)
