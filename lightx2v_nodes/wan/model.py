@@ -19,6 +19,9 @@ from ..errors import LightX2VError
 from .attention import attention_function, resolve_backend
 from .config import CLIP_DIM, PATCH_SIZE
 
+# transformer_options key of a per-run feature cache: called as cache(x, e, e0, transformer_options, compute).
+FEATURE_CACHE_KEY = "lightx2v_feature_cache"
+
 TORCH_OPS = types.SimpleNamespace(Linear=nn.Linear, LayerNorm=nn.LayerNorm, RMSNorm=nn.RMSNorm, Conv3d=nn.Conv3d)
 
 
@@ -31,11 +34,11 @@ def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-def rope_tables(head_dim: int, f: int, h: int, w: int, device, f_positions=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [L, head_dim/2] of Wan's 3-axis RoPE (time gets d - 4*(d//6) dims, h and w 2*(d//6))."""
+def rope_tables(head_dim: int, f: int, h: int, w: int, device) -> torch.Tensor:
+    """Complex rotations [L, head_dim/2] of Wan's 3-axis RoPE (time gets d - 4*(d//6) dims, h and w 2*(d//6))."""
     axes = (head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6))
     grids = torch.meshgrid(
-        torch.arange(f, dtype=torch.float64, device=device) if f_positions is None else f_positions.double(),
+        torch.arange(f, dtype=torch.float64, device=device),
         torch.arange(h, dtype=torch.float64, device=device),
         torch.arange(w, dtype=torch.float64, device=device),
         indexing="ij",
@@ -44,17 +47,16 @@ def rope_tables(head_dim: int, f: int, h: int, w: int, device, f_positions=None)
     for axis_dim, pos in zip(axes, grids):
         inv_freq = 1.0 / (10000.0 ** (torch.arange(0, axis_dim, 2, dtype=torch.float64, device=device) / axis_dim))
         angles.append(pos.reshape(-1, 1) * inv_freq)
-    angles = torch.cat(angles, dim=1)
-    return torch.cos(angles).float(), torch.sin(angles).float()
+    return torch.polar(torch.ones(1, dtype=torch.float64, device=device), torch.cat(angles, dim=1)).to(torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of x [B, L, H, D] by the per-token angles (math in float32)."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[None, :, None], sin[None, :, None]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of x [B, L, H, D] by the per-token angles, in float32.
+
+    One complex multiply: fewer passes over the (large) q/k tensors than a real-valued formulation.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotations[None, :, None]).flatten(-2).type_as(x)
 
 
 class SelfAttention(nn.Module):
@@ -74,8 +76,8 @@ class SelfAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, -1))
 
     def forward(self, x, rope):
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope)
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), *rope)
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), rope)
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), rope)
         return self.o(self.attend(q, k, self.heads(self.v(x))))
 
 
@@ -234,7 +236,14 @@ class WanDiT(nn.Module):
             context = torch.cat([self.img_emb(clip_fea), context], dim=1)
             context_img_len = clip_fea.shape[-2]
 
-        x = self.run_blocks(x, e0, rope, context, context_img_len, transformer_options)
+        cache = transformer_options.get(FEATURE_CACHE_KEY)
+        if cache is None:
+            x = self.run_blocks(x, e0, rope, context, context_img_len, transformer_options)
+        else:
+            # A feature cache (lightx2v_nodes.cache) runs the blocks only on the batch rows it cannot skip.
+            tokens = x
+            x = cache(tokens, e, e0, transformer_options, lambda rows: self.run_blocks(
+                tokens[rows], e0[rows], rope, context[rows], context_img_len, transformer_options))
         return self.unpatchify(self.head(x, e), grid)
 
     def run_blocks(self, x, e0, rope, context, context_img_len, transformer_options):
