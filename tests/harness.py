@@ -100,3 +100,88 @@ def raises_lightx2v_error(match: str):
             return handled
 
     return _Check()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, payload=None):
+    """GET (or POST `payload` as JSON) and decode the JSON answer."""
+    import json
+    import urllib.request
+
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"null")
+
+
+def make_base_dir(base, root):
+    """A ComfyUI --base-directory with the pack linked into custom_nodes/."""
+    from comfy_env import MODEL_FOLDERS
+
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / "lightx2v-nodes").symlink_to(root, target_is_directory=True)
+    for folder in MODEL_FOLDERS:
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+    return base
+
+
+class ComfyServer:
+    """`main.py --cpu` on a free port in a subprocess; a context manager that waits until it answers."""
+
+    def __init__(self, comfy_dir, base_dir, start_timeout=120):
+        self.comfy_dir, self.base_dir, self.start_timeout = comfy_dir, base_dir, start_timeout
+        self.log_path = base_dir / "server.log"
+        self.url = f"http://127.0.0.1:{free_port()}"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def __enter__(self):
+        import os
+        import subprocess
+        import sys
+        import time
+
+        self._log = open(self.log_path, "w")
+        port = self.url.rsplit(":", 1)[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--base-directory", str(self.base_dir), "--listen", "127.0.0.1",
+             "--port", port, "--disable-auto-launch"],
+            cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + self.start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                self.__exit__()
+                raise RuntimeError(f"server exited:\n{self.log()[-3000:]}")
+            try:
+                http_json(self.url + "/system_stats")
+                return self
+            except OSError:
+                if time.time() > deadline:
+                    self.__exit__()
+                    raise RuntimeError(f"server did not start:\n{self.log()[-3000:]}")
+                time.sleep(1)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def wait_for(self, prompt_id: str, timeout=180) -> dict:
+        """Poll /history until the prompt completes; returns its status dict."""
+        import time
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = http_json(f"{self.url}/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+                return history[prompt_id]["status"]
+            time.sleep(1)
+        raise TimeoutError(f"prompt {prompt_id} did not finish:\n{self.log()[-3000:]}")
