@@ -4,6 +4,10 @@ merge: a clone of the ModelPatcher with ComfyUI weight patches ("lora" adapters 
 for full diffs, modulation included). ModelPatcher computes them in fp32 when the model is loaded, backs the
 original weights up and restores them when another clone (no LoRA, other strength) is loaded, so nothing
 drifts; layers that store weights in a special format are patched through their convert_weight/set_weight.
+Parameters of non-leaf modules (a block's `modulation`, `head.modulation`, `img_emb.emb_pos`) are never
+patched by ModelPatcher.load (it skips modules that have both own parameters and children, which is also
+why native LoRA loading drops them): they are replaced through object patches, which ModelPatcher sets on
+load and restores on unload just the same.
 side-branch: low-rank pairs stay out of the weights, added to the layers' outputs by forward hooks that a
 DIFFUSION_MODEL wrapper installs around each forward (wrappers are copied with the clone and leave nothing
 behind); full diffs are merged as above.
@@ -16,12 +20,14 @@ import logging
 import torch
 
 import comfy.patcher_extension
+import comfy.utils
 import comfy.weight_adapter
 import folder_paths
 
 from ..errors import LightX2VError
 from .files import read_lora_file
-from .mapping import LoraPlan, plan_lora
+from .mapping import DiffPatch, LoraPlan, plan_lora
+from .merge import low_rank_delta
 from .report import details, summary
 from .side_branch import SideBranches
 
@@ -76,6 +82,26 @@ def _owner(dit: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
     return (dit.get_submodule(module) if module else dit), param
 
 
+def _patched_on_load(module: torch.nn.Module) -> bool:
+    """ModelPatcher only patches parameters of modules whose parameters are all their own (leaf modules)."""
+    own = {name for name, _ in module.named_parameters(recurse=False)}
+    return all(name in own for name, _ in module.named_parameters())
+
+
+def _object_patch(patched, source_model, target: str, patch, strength: float) -> None:
+    """Replace one parameter by (its value in this model's chain) + strength * delta, computed in fp32."""
+    key = PREFIX + target
+    # The original lives in object_patches_backup while some clone's object patches are loaded.
+    original = source_model.object_patches_backup.get(key, comfy.utils.get_attr(source_model.model, key))
+    current = patched.object_patches.get(key, original)
+    if isinstance(patch, DiffPatch):
+        delta = patch.diff.to(device=current.device, dtype=torch.float32)
+    else:
+        delta = low_rank_delta(patch, current.shape, current.device)
+    value = (current.detach().to(torch.float32) + strength * delta).to(current.dtype)
+    patched.add_object_patch(key, torch.nn.Parameter(value, requires_grad=False))
+
+
 def _add_patch_batches(model, entries: list[tuple[str, object]], strength: float) -> None:
     """add_patches takes one patch per key per call: batch them so repeated targets stack, not replace."""
     batches: list[dict] = []
@@ -103,6 +129,9 @@ def apply_plan(model, plan: LoraPlan, strength: float, mode: str):
     entries, branches, fallback = [], [], []
     for p in plan.low_rank:
         module, param = _owner(dit, p.target)
+        if not _patched_on_load(module):
+            _object_patch(patched, model, p.target, p, strength)
+            continue
         mergeable = _can_merge(module, param)
         if _is_linear_like(module) and (mode == "side-branch" or not mergeable):
             branches.append(p)
@@ -115,6 +144,9 @@ def apply_plan(model, plan: LoraPlan, strength: float, mode: str):
             entries.append((PREFIX + p.target, comfy.weight_adapter.LoRAAdapter(set(), (p.up, p.down, p.alpha, None, None, None))))
     for p in plan.diffs:
         module, param = _owner(dit, p.target)
+        if not _patched_on_load(module):
+            _object_patch(patched, model, p.target, p, strength)
+            continue
         if not _can_merge(module, param):
             raise LightX2VError(f"Cannot apply LoRA key '{p.source}': {p.target} is stored as {getattr(module, param).dtype} "
                                 "and its layer cannot be dequantized for merging. Use an unquantized model for this LoRA.")
