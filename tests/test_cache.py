@@ -1,6 +1,8 @@
 """Feature cache policies and runner, without ComfyUI: the skip rules against hand computations, exact
 residual reuse on a tiny DiT, threshold 0 == no cache, per-variant coefficient selection."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -126,8 +128,12 @@ def test_magcache_table_matches_reference_loop():
 
 
 def test_magcache_ratios_resampled_to_step_count():
-    assert tables.interpolate_ratios([1.0, 0.9, 0.5], 5) == pytest.approx([1.0, 0.95, 0.9, 0.7, 0.5])
+    # Magnitudes 1, 0.9, 0.45 at 0, 1/2, 1 of the run; at 5 steps: 1, 0.9**0.5, 0.9, (0.9*0.45)**0.5, 0.45.
+    assert tables.interpolate_ratios([1.0, 0.9, 0.5], 5) == pytest.approx([1.0, 0.9 ** 0.5, 0.9 ** 0.5, 0.5 ** 0.5, 0.5 ** 0.5])
     assert tables.interpolate_ratios([1.0, 0.9, 0.5], 3) == [1.0, 0.9, 0.5]
+    # Halving the steps: the magnitude change over the run is kept.
+    table = tables.MAGCACHE_TABLES[tables.T2V_1_3B]["ratios"]
+    assert math.prod(tables.interpolate_ratios(table, 25)) == pytest.approx(math.prod(table))
 
 
 def test_adaptive_hand_computed():

@@ -7,6 +7,8 @@ with no entry gets an error naming the alternatives instead of a guess.
 
 from __future__ import annotations
 
+import math
+
 from ..errors import LightX2VError
 from ..wan.config import WanConfig
 
@@ -107,14 +109,24 @@ def magcache_table(cfg: WanConfig, variant: str = "auto", latent_hw=None) -> tup
 
 
 def interpolate_ratios(ratios, steps: int) -> list[float]:
-    """A ratio table calibrated at len(ratios) steps, resampled linearly to `steps` steps."""
+    """A ratio table calibrated at len(ratios) steps, resampled to `steps` steps.
+
+    The product of the ratios is the residual magnitude along the run; it is interpolated (log-linearly,
+    over the fraction of the run) and differenced again, so fewer steps get proportionally larger changes.
+    """
     n = len(ratios)
-    if n == steps or n == 1:
-        return [float(r) for r in ratios] if n == steps else [float(ratios[0])] * steps
-    out = []
-    for i in range(steps):
-        pos = i * (n - 1) / max(steps - 1, 1)
+    if n == steps:
+        return [float(r) for r in ratios]
+    if n == 1 or steps == 1:
+        return [float(ratios[0])] * steps
+    log_magnitude = [0.0]
+    for r in ratios[1:]:
+        log_magnitude.append(log_magnitude[-1] + math.log(r))
+
+    def at(fraction: float) -> float:
+        pos = fraction * (n - 1)
         lo = min(int(pos), n - 2)
-        frac = pos - lo
-        out.append(float(ratios[lo]) * (1 - frac) + float(ratios[lo + 1]) * frac)
-    return out
+        return log_magnitude[lo] + (pos - lo) * (log_magnitude[lo + 1] - log_magnitude[lo])
+
+    curve = [at(i / (steps - 1)) for i in range(steps)]
+    return [float(ratios[0])] + [math.exp(curve[i] - curve[i - 1]) for i in range(1, steps)]
