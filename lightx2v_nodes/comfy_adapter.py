@@ -21,6 +21,8 @@ import comfy.utils
 import folder_paths
 
 from .errors import LightX2VError
+from .quant import apply_quantization, install_quant_linears
+from .quant.formats import QUANTIZED_DTYPES, SCALE_SUFFIX
 from .wan.checkpoint import is_block_directory
 from .wan.config import WanConfig
 from .wan.model import WanDiT
@@ -57,17 +59,26 @@ class LightX2VWan21(comfy.model_base.WAN21):
 
 
 def _weight_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
-    """The dtype most of the block weights are stored in."""
+    """The dtype most of the float block weights are stored in (8-bit weights and their scales excluded)."""
     counts: dict[torch.dtype, int] = {}
     for key, value in state_dict.items():
-        if key.startswith("blocks."):
+        if key.startswith("blocks.") and value.dtype not in QUANTIZED_DTYPES and not key.endswith(SCALE_SUFFIX):
             counts[value.dtype] = counts.get(value.dtype, 0) + value.numel()
-    return max(counts, key=counts.get)
+    return max(counts, key=counts.get) if counts else torch.bfloat16
+
+
+def _is_stored_as_is(key: str, value: torch.Tensor) -> bool:
+    """8-bit block weights and their float32 scales keep their dtype; everything else takes the compute dtype."""
+    return value.dtype in QUANTIZED_DTYPES or key.endswith(SCALE_SUFFIX)
 
 
 def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dtype: str = "auto",
-                        attention: str = "auto", progress=None) -> comfy.model_patcher.ModelPatcher:
-    """A native MODEL around our DiT, holding the given original-layout weights."""
+                        attention: str = "auto", quantization: str = "auto", progress=None) -> comfy.model_patcher.ModelPatcher:
+    """A native MODEL around our DiT, holding the given original-layout weights.
+
+    `quantization` is one of QUANTIZATION_CHOICES; with an 8-bit plan the block linears become QuantLinear
+    (the rest of the DiT is built from ComfyUI's ops as usual); the plan is kept as `diffusion_model.quant_plan`.
+    """
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     config_class = comfy.supported_models.WAN21_I2V if cfg.model_type == "i2v" else comfy.supported_models.WAN21_T2V
@@ -80,14 +91,18 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
         unet_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     manual_cast = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast)
+    state_dict, plan = apply_quantization(state_dict, quantization, unet_dtype)
 
     model = LightX2VWan21(model_config, image_to_video=cfg.model_type == "i2v", device=offload_device)
+    if plan is not None:
+        install_quant_linears(model.diffusion_model, plan.fmt, plan.mode, bias_dtype=unet_dtype)
     keys = list(state_dict)
     weights = {}
     for i, key in enumerate(keys):
+        value = state_dict.pop(key)
         # As in ComfyUI's WanModel the patch embedding stays float32.
-        target = torch.float32 if key.startswith("patch_embedding.") else unet_dtype
-        weights[key] = state_dict.pop(key).to(device=offload_device, dtype=target)
+        target = value.dtype if _is_stored_as_is(key, value) else torch.float32 if key.startswith("patch_embedding.") else unet_dtype
+        weights[key] = value.to(device=offload_device, dtype=target)
         if progress and (i % 64 == 0 or i == len(keys) - 1):
             progress(i + 1, len(keys))
     try:
@@ -95,6 +110,7 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
     except RuntimeError as exc:
         raise LightX2VError(f"The file's tensors do not fit a {cfg.variant}: {str(exc)[:400]}") from None
     model.diffusion_model.requires_grad_(False)
+    model.diffusion_model.quant_plan = plan
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 

@@ -5,6 +5,7 @@ import logging
 from comfy_api.latest import io
 
 from ..lightx2v_nodes.comfy_adapter import ProgressReporter, build_model_patcher, diffusion_model_choices, resolve_diffusion_model
+from ..lightx2v_nodes.quant import QUANTIZATION_CHOICES
 from ..lightx2v_nodes.wan.attention import BACKENDS
 from ..lightx2v_nodes.wan.checkpoint import load_wan_checkpoint
 
@@ -30,21 +31,29 @@ class LoadWanDiT(io.ComfyNode):
                 io.Combo.Input("attention", options=list(BACKENDS), default="auto",
                                tooltip="Attention kernel. auto = PyTorch SDPA (fastest measured on H100); sage and "
                                        "flash need the sageattention / flash-attn packages."),
+                io.Combo.Input("quantization", options=list(QUANTIZATION_CHOICES), default="auto", optional=True,
+                               tooltip="8-bit block linears (attention q/k/v/o and FFN; the rest stays in the compute dtype). "
+                                       "auto = as stored in the file. fp8/int8 quantize a bf16 file on load (or keep a file "
+                                       "already in that format) and quantize activations per token (W8A8: fp8 needs an "
+                                       "RTX 40xx/H100-class GPU, int8 runs on any recent GPU). -weight-only keeps 8-bit "
+                                       "storage but multiplies in bf16. none dequantizes a quantized file."),
             ],
             outputs=[io.Model.Output(tooltip="A native MODEL: connect it to KSampler, LoRA loaders, WanImageToVideo, ...")],
         )
 
     @classmethod
-    def execute(cls, model_name, dtype, attention):
+    def execute(cls, model_name, dtype, attention, quantization="auto"):
         progress = ProgressReporter()
         path = resolve_diffusion_model(model_name)
         state_dict, cfg, layout = load_wan_checkpoint(path, progress=lambda d, t: progress(d, 2 * t))
         parameters = sum(v.numel() for v in state_dict.values())
-        model = build_model_patcher(state_dict, cfg, dtype, attention, progress=lambda d, t: progress(t + d, 2 * t))
+        model = build_model_patcher(state_dict, cfg, dtype, attention, quantization,
+                                    progress=lambda d, t: progress(t + d, 2 * t))
         dit = model.model.diffusion_model
-        log.info("LightX2V: loaded %s (%s layout), dtype %s, attention %s, %.2fM parameters",
+        quant = dit.quant_plan.describe() if dit.quant_plan else "none"
+        log.info("LightX2V: loaded %s (%s layout), dtype %s, attention %s, quantization %s, %.2fM parameters",
                  cfg.variant, layout, str(model.model.get_dtype()).replace("torch.", ""),
-                 dit.attention_backend, parameters / 1e6)
+                 dit.attention_backend, quant, parameters / 1e6)
         return io.NodeOutput(model)
 
 
