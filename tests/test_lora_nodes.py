@@ -14,6 +14,15 @@ from test_lora import expected_weights, rel_err
 SEED = {"t2v": 11, "i2v": 12}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls: one thread is faster, and far faster on a loaded 2-core machine (no spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def files(comfy_nodes, models_dir):
     """Tiny T2V/I2V checkpoints (fp32 and bf16) and LoRAs of every family, in ComfyUI's model folders."""
@@ -225,3 +234,77 @@ def test_errors_are_shown_in_the_ui(files):
     assert "None of the LoRA's 3 keys" in wrong["exception_message"] and "Flux" in wrong["exception_message"]
     small = run_prompt(sample_prompt(OURS, our_lora("test_small_model.safetensors")), outputs=["5"], expect_error=True).error()
     assert "LoRA key 'diffusion_model." in small["exception_message"] and "different model" in small["exception_message"]
+
+
+class Int8Linear(torch.nn.Module):
+    """Stand-in for a quantized layer: int8 weight, per-row scale, dequantized in forward."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        scale = weight.abs().amax(1, keepdim=True) / 127
+        self.weight = torch.nn.Parameter(self.quantize(weight, scale), requires_grad=False)
+        self.weight_scale = torch.nn.Parameter(scale, requires_grad=False)
+        self.bias = torch.nn.Parameter(bias, requires_grad=False)
+
+    @staticmethod
+    def quantize(weight, scale):
+        return torch.round(weight / scale).clamp(-128, 127).to(torch.int8)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight.float() * self.weight_scale, self.bias)
+
+
+class Int8LinearWithConvert(Int8Linear):
+    """The ComfyUI contract for special weight formats: ModelPatcher dequantizes, merges, requantizes."""
+
+    def convert_weight(self, weight, inplace=False, **kwargs):
+        return weight.float() * self.weight_scale
+
+    def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
+        q = self.quantize(weight, self.weight_scale)
+        if return_weight:
+            return q
+        self.weight = torch.nn.Parameter(q, requires_grad=False)
+
+
+@pytest.mark.parametrize("mode", ["merge", "side-branch"])
+def test_quantized_layers(comfy_nodes, mode):
+    import comfy.model_patcher
+    import comfy.patcher_extension
+
+    from lightx2v_nodes.lora.comfy_lora import WRAPPER_KEY, apply_plan
+    from lightx2v_nodes.lora.mapping import plan_lora
+
+    gen = torch.Generator().manual_seed(0)
+    dit = torch.nn.Module()
+    dit.plain = torch.nn.Linear(32, 48)
+    dit.int8 = Int8Linear(torch.randn(48, 32, generator=gen), torch.randn(48, generator=gen))
+    dit.int8_convert = Int8LinearWithConvert(torch.randn(48, 32, generator=gen), torch.randn(48, generator=gen))
+    holder = torch.nn.Module()
+    holder.diffusion_model = dit
+    patcher = comfy.model_patcher.ModelPatcher(holder, torch.device("cpu"), torch.device("cpu"))
+    lora = {}
+    for name in ("plain", "int8", "int8_convert"):
+        lora[f"diffusion_model.{name}.lora_up.weight"] = 0.3 * torch.randn(48, 4, generator=gen)
+        lora[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(4, 32, generator=gen) / 6
+    before = {k: v.clone() for k, v in dit.state_dict().items()}
+    dequantized = {"plain": dit.plain.weight.detach().clone(), "int8": dit.int8.weight.float() * dit.int8.weight_scale,
+                   "int8_convert": dit.int8_convert.weight.float() * dit.int8_convert.weight_scale}
+    plan = plan_lora(lora, {k: tuple(v.shape) for k, v in before.items()})
+    patched = apply_plan(patcher, plan, 1.0, mode)
+    wrappers = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    assert set(wrappers[0].branches.modules) == ({"int8"} if mode == "merge" else {"plain", "int8", "int8_convert"})
+
+    x = torch.randn(5, 32, generator=gen)
+    patched.patch_model()
+    with torch.inference_mode(), wrappers[0].branches.installed(dit):
+        got = {name: getattr(dit, name)(x) for name in dequantized}
+    patched.unpatch_model()
+    for name, weight in dequantized.items():
+        delta = lora[f"diffusion_model.{name}.lora_up.weight"] @ lora[f"diffusion_model.{name}.lora_down.weight"]
+        want = torch.nn.functional.linear(x, weight + delta, getattr(dit, name).bias)
+        # merged into int8 = requantized: within int8 rounding; everything else exact to fp32 rounding.
+        tolerance = 2e-2 if (name == "int8_convert" and mode == "merge") else 1e-5
+        assert rel_err(got[name], want) <= tolerance, name
+    for key, value in dit.state_dict().items():
+        assert torch.equal(value, before[key]), key
