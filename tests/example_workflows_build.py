@@ -1,0 +1,164 @@
+"""The example workflows, written as specs and built into UI-format JSON from the live node schemas.
+
+  .venv/bin/python tests/example_workflows_build.py      # rewrites example_workflows/*.json
+
+tests/test_example_workflows.py checks that the committed files equal what this builds now, so a node
+schema change that would break a user's graph shows up as a failing test, not as a silently shifted widget.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "example_workflows"
+
+TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+WAN_VAE = "wan_2.1_vae.safetensors"
+PROMPT = "A red fox trotting through fresh snow in a birch forest at sunrise, cinematic, detailed fur"
+NEGATIVE = "blurry, low quality, static, distorted, watermark, text"
+
+DOWNLOADS = f"""
+**Text encoder** `{TEXT_ENCODER}` -> `models/text_encoders/`
+**VAE** `{WAN_VAE}` -> `models/vae/` (both from Comfy-Org/Wan_2.1_ComfyUI_repackaged)
+**Tiny VAE (optional, much faster decode)** `taew2_1.safetensors` or `.pth` (madebyollin/taehv) -> `models/vae_approx/`;
+un-mute the LightX2V Tiny VAE branch (Ctrl+M) to use it.
+"""
+
+
+def _text_to_video(name, title, dit, note, lora=None, sampler="4step", latent=(832, 480, 81), cache=None):
+    nodes = [
+        ("note", "MarkdownNote", {"text": f"## {title}\n{note}\n{DOWNLOADS}"}, {"column": 0}),
+        ("clip", "CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}),
+        ("pos", "CLIPTextEncode", {"text": PROMPT, "clip": "clip.0"}, {"title": "Positive prompt"}),
+        ("neg", "CLIPTextEncode", {"text": NEGATIVE, "clip": "clip.0"}, {"title": "Negative prompt"}),
+        ("dit", "LightX2VLoadWanDiT", {"model_name": dit, "dtype": "auto", "attention": "auto", "quantization": "auto"}),
+    ]
+    model = "dit.0"
+    if lora:
+        nodes.append(("lora", "LightX2VApplyLoRA", {"model": model, "lora_name": lora, "strength": 1.0, "mode": "merge"}))
+        model = "lora.0"
+    if cache:
+        nodes.append(("cache", "LightX2VFeatureCache", {"model": model, **cache}))
+        model = "cache.0"
+    width, height, length = latent
+    nodes.append(("latent", "EmptyHunyuanLatentVideo", {"width": width, "height": height, "length": length, "batch_size": 1}))
+    if sampler == "4step":
+        nodes.append(("sampler", "LightX2VFourStepSampler", {
+            "model": model, "positive": "pos.0", "negative": "neg.0", "latent_image": "latent.0", "seed": 42,
+            "denoising_step_list": "1000,750,500,250", "shift": 5.0, "cfg": 1.0, "mode": "deterministic"}))
+    else:
+        nodes.append(("sampler", "KSampler", {
+            "model": model, "positive": "pos.0", "negative": "neg.0", "latent_image": "latent.0", "seed": 42,
+            "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1.0}))
+    nodes += _decode_and_save(name)
+    return {"name": name, "nodes": nodes}
+
+
+def _decode_and_save(name, vae_source=None):
+    vae_nodes = [] if vae_source else [("vae", "VAELoader", {"vae_name": WAN_VAE})]
+    return vae_nodes + [
+        ("decode", "VAEDecode", {"samples": "sampler.0", "vae": vae_source or "vae.0"}),
+        ("video", "CreateVideo", {"images": "decode.0", "fps": 16.0}),
+        ("save", "SaveVideo", {"video": "video.0", "filename_prefix": f"video/{name}", "format": "auto", "codec": "auto"}),
+    ]
+
+
+def _image_to_video():
+    name = "wan2.1_i2v_14B_480p_4step"
+    note = ("Image-to-video at 480p in 4 steps with LightX2V's step- and CFG-distilled I2V model (cfg stays 1).\n"
+            "**DiT** `wan2.1_i2v_480p_14B_lightx2v_4step.safetensors` (lightx2v/Wan2.1-I2V-14B-480P-StepDistill-"
+            "CfgDistill-Lightx2v, or any Wan2.1 I2V 14B file plus the I2V distill LoRA) -> `models/diffusion_models/`\n"
+            "**CLIP vision** `clip_vision_h.safetensors` -> `models/clip_vision/`. Put your start image in `input/`.")
+    spec = _text_to_video(name, "Wan2.1 I2V 14B 480p, 4 steps", "wan2.1_i2v_480p_14B_lightx2v_4step.safetensors", note)
+    nodes = [n for n in spec["nodes"] if n[0] not in ("latent", "sampler", "vae", "decode", "video", "save")]
+    nodes += [
+        ("vae", "VAELoader", {"vae_name": WAN_VAE}),
+        ("clipvision", "CLIPVisionLoader", {"clip_name": "clip_vision_h.safetensors"}),
+        ("image", "LoadImage", {"image": "example.png"}),
+        ("encode", "CLIPVisionEncode", {"clip_vision": "clipvision.0", "image": "image.0", "crop": "none"}),
+        ("i2v", "WanImageToVideo", {"positive": "pos.0", "negative": "neg.0", "vae": "vae.0", "clip_vision_output": "encode.0",
+                                    "start_image": "image.0", "width": 832, "height": 480, "length": 81, "batch_size": 1}),
+        ("sampler", "LightX2VFourStepSampler", {
+            "model": "dit.0", "positive": "i2v.0", "negative": "i2v.1", "latent_image": "i2v.2", "seed": 42,
+            "denoising_step_list": "1000,750,500,250", "shift": 5.0, "cfg": 1.0, "mode": "deterministic"}),
+    ] + _decode_and_save(name, vae_source="vae.0")
+    return {"name": name, "nodes": nodes}
+
+
+def _demo():
+    name = "lightx2v_demo_tiny_t2v"
+    note = ("## LightX2V demo (runs out of the box)\nTiny **random** weights written by the setup script: the "
+            "video is noise, but every stage of a 4-step run executes (load, sample, decode, save). Swap in real "
+            "files with the other example workflows.")
+    nodes = [
+        ("note", "MarkdownNote", {"text": note}, {"column": 0}),
+        ("dit", "LightX2VLoadWanDiT", {"model_name": "lightx2v_demo_t2v_tiny.safetensors", "dtype": "auto",
+                                       "attention": "auto", "quantization": "auto"}),
+        ("pos", "LightX2VSyntheticConditioning", {"seed": 1, "tokens": 16, "dim": 4096}, {"title": "Positive (synthetic)"}),
+        ("neg", "LightX2VSyntheticConditioning", {"seed": 2, "tokens": 16, "dim": 4096}, {"title": "Negative (synthetic)"}),
+        ("latent", "EmptyHunyuanLatentVideo", {"width": 128, "height": 128, "length": 9, "batch_size": 1}),
+        ("sampler", "LightX2VFourStepSampler", {
+            "model": "dit.0", "positive": "pos.0", "negative": "neg.0", "latent_image": "latent.0", "seed": 42,
+            "denoising_step_list": "1000,750,500,250", "shift": 5.0, "cfg": 1.0, "mode": "deterministic"}),
+        ("save", "SaveLatent", {"samples": "sampler.0", "filename_prefix": "latents/lightx2v_demo"}),
+    ]
+    return {"name": name, "nodes": nodes}
+
+
+def specs() -> list[dict]:
+    distill_note = ("Text-to-video in 4 steps with a LightX2V step- and CFG-distilled model: cfg stays 1, one model call "
+                    "per step.\n**DiT** `{file}` ({repo}) -> `models/diffusion_models/`")
+    return [
+        _demo(),
+        _text_to_video("wan2.1_t2v_14B_4step", "Wan2.1 T2V 14B, 4 steps (distilled checkpoint)",
+                       "wan2.1_t2v_14B_lightx2v_4step.safetensors",
+                       distill_note.format(file="wan2.1_t2v_14B_lightx2v_4step.safetensors",
+                                           repo="lightx2v/Wan2.1-T2V-14B-StepDistill-CfgDistill-Lightx2v")),
+        _text_to_video("wan2.1_t2v_14B_lora_4step", "Wan2.1 T2V 14B base + LightX2V distill LoRA, 4 steps",
+                       "wan2.1_t2v_14B_bf16.safetensors",
+                       "The base model becomes a 4-step generator with LightX2V's step-distill LoRA (cfg 1).\n"
+                       "**DiT** `wan2.1_t2v_14B_bf16.safetensors` (Comfy-Org/Wan_2.1_ComfyUI_repackaged) -> "
+                       "`models/diffusion_models/`\n**LoRA** `Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors` "
+                       "(lightx2v/Wan2.1-T2V-14B-StepDistill-CfgDistill-Lightx2v, loras/) -> `models/loras/`",
+                       lora="Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors"),
+        _image_to_video(),
+        _text_to_video("wan2.1_t2v_1.3B_4step", "Wan2.1 T2V 1.3B, 4 steps",
+                       "wan2.1_t2v_1.3B_lightx2v_4step.safetensors",
+                       distill_note.format(file="wan2.1_t2v_1.3B_lightx2v_4step.safetensors",
+                                           repo="lightx2v/Wan2.1-T2V-1.3B-StepDistill-CfgDistill-Lightx2v"),
+                       latent=(832, 480, 81)),
+        _text_to_video("wan2.1_t2v_14B_30step_feature_cache", "Wan2.1 T2V 14B, 30 steps with CFG + feature cache",
+                       "wan2.1_t2v_14B_bf16.safetensors",
+                       "A classic multi-step run (30 steps, cfg 5) where the LightX2V feature cache (TeaCache) skips "
+                       "transformer passes whose output barely changes. Not for 4-step runs: there it does nothing.\n"
+                       "**DiT** `wan2.1_t2v_14B_bf16.safetensors` -> `models/diffusion_models/`",
+                       sampler="ksampler",
+                       cache={"method": "teacache", "threshold": 0.2, "start_percent": 0.0, "end_percent": 1.0,
+                              "cache_device": "gpu", "verbose": False}),
+    ]
+
+
+def build_all(node_classes) -> dict[str, dict]:
+    from workflow_ui import build_workflow
+
+    return {spec["name"]: build_workflow(spec, node_classes) for spec in specs()}
+
+
+def main():
+    import logging
+
+    from comfy_env import bootstrap
+    from harness import load_all_nodes
+
+    logging.disable(logging.WARNING)
+    _, pack = bootstrap()
+    node_classes = load_all_nodes(pack)
+    EXAMPLES.mkdir(exist_ok=True)
+    for name, workflow in build_all(node_classes).items():
+        (EXAMPLES / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+        print(f"wrote example_workflows/{name}.json")
+
+
+if __name__ == "__main__":
+    main()
