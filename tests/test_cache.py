@@ -182,11 +182,16 @@ def sample(model, run=None, steps=10, cfg=2.0, seed=0):
     return x
 
 
+@pytest.fixture(scope="module")
+def no_cache_sample(tiny_dit):
+    return sample(tiny_dit)
+
+
 @pytest.mark.parametrize("method", ["teacache", "magcache", "adaptive", "magcache-calibrate"])
-def test_threshold_zero_is_identical_to_no_cache(tiny_dit, method):
+def test_threshold_zero_is_identical_to_no_cache(tiny_dit, no_cache_sample, method):
     settings = CacheSettings(method, threshold=0.0, variant="T2V 1.3B")
     run = start_run(settings, TINY, schedule(10))
-    assert torch.equal(sample(tiny_dit, run), sample(tiny_dit))
+    assert torch.equal(sample(tiny_dit, run), no_cache_sample)
     assert run.summary()["skipped"] == 0 and run.summary()["calls"] == 20
 
 
@@ -224,13 +229,13 @@ def test_skipped_step_applies_exactly_the_cached_residual(tiny_dit, monkeypatch)
     assert torch.allclose(seen["r"], residual, atol=1e-6)
 
 
-def test_passes_decide_separately_and_only_computed_rows_run(tiny_dit):
+def test_passes_decide_separately_and_only_computed_rows_run(tiny_dit, no_cache_sample):
     # cond: ratio 1 (no change, skips); uncond: ratio 0.5 (always computes) -> the uncond row runs alone.
     run = FeatureCacheRun(MagCache({"cond": [1.0] * 10, "uncond": [0.5] * 10}, 0.5, 10, 0.0), schedule(10))
     cached = sample(tiny_dit, run)
     assert run.patterns[("cond", "cond")] == "CSSSSSSSSC"
     assert run.patterns[("uncond", "uncond")] == "C" * 10
-    assert not torch.equal(cached, sample(tiny_dit))
+    assert not torch.equal(cached, no_cache_sample)
 
 
 def test_batched_partial_compute_equals_unbatched(tiny_dit):

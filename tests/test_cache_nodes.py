@@ -141,3 +141,22 @@ def test_calibrate_then_reuse(reference, tiny_model, models_dir, pack_log):
     (summary,) = [m for _, m in pack_log if "skipped" in m and "MagCache, threshold" in m]
     assert "calibrated on Wan2.1 T2V dim 256 x 2 layers" in summary
     assert int(summary.split("skipped ")[1].split("/")[0]) > 0
+
+
+def test_sampler_custom_advanced_gets_the_same_cache(comfy_nodes, tiny_model, pack_log):
+    cache = {"method": "adaptive", "threshold": 0.5}
+    ksampler = samples(run_prompt(prompt(ours(tiny_model), cache, steps=12), outputs=["5"]))
+    p = prompt(ours(tiny_model), cache, steps=12)
+    p.update({
+        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+        "8": {"class_type": "CFGGuider", "inputs": {"model": ["6", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 2.0}},
+        "9": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "10": {"class_type": "BasicScheduler", "inputs": {"model": ["6", 0], "scheduler": "simple", "steps": 12, "denoise": 1.0}},
+        "11": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["7", 0], "guider": ["8", 0], "sampler": ["9", 0],
+                                                                  "sigmas": ["10", 0], "latent_image": ["4", 0]}},
+    })
+    del p["5"]
+    custom = run_prompt(p, outputs=["11"]).output("11")["samples"]
+    summaries = [m for _, m in pack_log if "skipped" in m]
+    assert len(summaries) == 2 and summaries[0] == summaries[1] and "skipped 0/" not in summaries[0]
+    assert torch.equal(custom, ksampler)

@@ -79,6 +79,8 @@ def apply_feature_cache(model, settings: CacheSettings, calibration_file: str = 
         save_to = calibration_path(calibration_file or default_calibration_name(cfg))
     clone = model.clone()
     clone.model_options["transformer_options"][SETTINGS_KEY] = (settings, cfg, save_to)
+    # A second Feature Cache node on the same model replaces the first instead of nesting two runs.
+    clone.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
     return clone
 
