@@ -114,6 +114,23 @@ class NotATensor:
     """Any pickled object besides tensors: loading it could run code, so it must be refused."""
 
 
+@pytest.mark.parametrize("rename", [
+    ("lora_unet_", "lora_unet__"),  # Wan Fun LoRAs
+    ("transformer.", "base_model.model."),  # PEFT without the diffusers prefix
+    (".weight", ".default.weight"),  # PEFT adapter named "default"
+])
+def test_spelling_variants_map_like_the_original(rename):
+    cfg = wan_synthetic.tiny_config()
+    shapes = {k: tuple(v) for k, v in wan_synthetic.parameter_shapes(cfg).items()}
+    family = "kohya" if rename[0] == "lora_unet_" else "peft"
+    lora = synthetic.make_lora(cfg, family, rank=4)
+    renamed = {k.replace(*rename): v for k, v in lora.items()}
+    assert renamed.keys() != lora.keys()
+    want, got = plan_lora(lora, shapes), plan_lora(renamed, shapes)
+    assert got.unmatched == [] and len(got.low_rank) == len(want.low_rank) == 26
+    assert [(p.target, p.scale) for p in got.low_rank] == [(p.target, p.scale) for p in want.low_rank]
+
+
 def test_pt_files_load_weights_only(tmp_path):
     cfg = wan_synthetic.tiny_config()
     lora = synthetic.make_lora(cfg, "lightx2v", rank=4)

@@ -11,6 +11,7 @@ model's shapes, plus the keys that matched nothing.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -125,9 +126,7 @@ def _shape(t) -> list[int]:
 
 def _check_low_rank(patch: LowRankPatch, weight_shape: tuple[int, ...], down_key: str) -> None:
     up, down = patch.up, patch.down
-    out, fan_in = weight_shape[0], 1
-    for s in weight_shape[1:]:
-        fan_in *= s
+    out, fan_in = weight_shape[0], math.prod(weight_shape[1:])
     if up.dim() < 2 or down.dim() < 2:
         raise LightX2VError(f"LoRA key '{patch.source}' is not a matrix (shape {_shape(up)}): the file is damaged.")
     if up.shape[1] != down.shape[0]:
