@@ -74,7 +74,7 @@ def sample(model, noise, context, sigmas, cfg_scale, cache_run=None, easycache=N
     x, uuids, pattern = noise, [uuid.uuid4(), uuid.uuid4()], ""
     for i in range(len(sigmas) - 1):
         opts = {"sigmas": sigmas[i].repeat(2), "cond_or_uncond": [0, 1], "uuids": uuids}
-        batch, timestep = x.repeat(2, 1, 1, 1, 1), (sigmas[i] * 1000).repeat(2)
+        batch, timestep = x.repeat(2, 1, 1, 1, 1).to(model.dtype), (sigmas[i] * 1000).repeat(2)
         if cache_run is not None:
             opts[FEATURE_CACHE_KEY] = cache_run
         if easycache is not None:
