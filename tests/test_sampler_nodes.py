@@ -293,3 +293,16 @@ def test_i2v_changing_resolution_resizes_the_image_conditioning(comfy_nodes, mod
 def test_changing_resolution_rejects_bad_plans(comfy_nodes, models, rates, switches, steps, words):
     with raises_lightx2v_error(words):
         changing(comfy_nodes, models["t2v"], text_cond(1), rates=rates, switches=switches, steps=steps)
+
+
+def test_adaptive_samplers_cannot_switch(comfy_nodes, models):
+    with raises_lightx2v_error("chooses its own steps"):
+        changing(comfy_nodes, models["t2v"], text_cond(1), sampler="dpm_adaptive")
+
+
+def test_changing_resolution_prompt_runs_without_negative(comfy_nodes, tiny_models):
+    run = run_prompt(_graph({"class_type": "LightX2VChangingResolutionSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "latent_image": ["4", 0], "seed": 1, "steps": 4, "shift": 5.0,
+        "cfg": 1.0, "sampler_name": "euler", "resolution_rates": "0.5", "switch_steps": "2"}}), outputs=["9"])
+    out = run.output("9")["samples"]
+    assert out.shape == T2V_LATENT and torch.isfinite(out).all()

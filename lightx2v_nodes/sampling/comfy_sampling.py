@@ -31,6 +31,8 @@ MODE_SAMPLERS = {
     "deterministic": "euler",  # x_next = x0 + sigma_next * v: an Euler step of the flow ODE
     "renoise": "lcm",  # x_next = (1 - sigma_next) * x0 + sigma_next * fresh seeded noise
 }
+# Samplers that pick their own steps: a switch step means nothing to them.
+ADAPTIVE_SAMPLERS = ("dpm_fast", "dpm_adaptive")
 
 
 class StepProgress:
@@ -121,6 +123,9 @@ def sample_changing_resolution(model, positive, negative, latent: dict, seed: in
                                sampler_name: str) -> dict:
     """Runs each stage through ComfyUI's sampler at its own latent size (stage k uses seed + k)."""
     check_sampler_name(sampler_name)
+    if len(stages) > 1 and sampler_name in ADAPTIVE_SAMPLERS:
+        raise LightX2VError(f"Sampler '{sampler_name}' chooses its own steps, so it cannot switch resolution at a given "
+                            f"step. Use euler, uni_pc_bh2, dpmpp_2m or another fixed-step sampler.")
     full = _input_latent(model, latent)
     if full.is_nested or full.ndim != 5:
         raise LightX2VError(f"Changing-resolution sampling needs a video latent [B, C, T, H, W]; got shape "
