@@ -229,11 +229,12 @@ def test_sigmas_node(comfy_nodes):
 # --- changing resolution --------------------------------------------------------------------------------
 
 def changing(comfy_nodes, model, positive, negative=None, rates="0.5", switches="2", steps=5, shift=3.0, cfg=1.0,
-             sampler="euler", seed=7, latent_shape=T2V_LATENT):
+             sampler="euler", seed=7, latent_shape=T2V_LATENT, start=None):
     node = comfy_nodes["LightX2VChangingResolutionSampler"]
     kwargs = {} if negative is None else {"negative": negative}
+    start = torch.zeros(latent_shape) if start is None else start
     with torch.inference_mode():
-        return node.execute(model=model, positive=positive, latent_image={"samples": torch.zeros(latent_shape)}, seed=seed,
+        return node.execute(model=model, positive=positive, latent_image={"samples": start}, seed=seed,
                             steps=steps, shift=shift, cfg=cfg, sampler_name=sampler, resolution_rates=rates,
                             switch_steps=switches, **kwargs)[0]["samples"]
 
@@ -247,12 +248,15 @@ def test_single_stage_equals_plain_sampling(comfy_nodes, models, sampler):
     assert rel_err(ours, native) <= TOL
 
 
-@pytest.mark.parametrize("rate,stage0_hw", [("0.5", (4, 6)), ("1.0", (8, 12))])
-def test_switch_step_accounting_and_renoise(comfy_nodes, models, rate, stage0_hw):
+@pytest.mark.parametrize("rate,stage0_hw,start_latent", [("0.5", (4, 6), False), ("1.0", (8, 12), False),
+                                                          ("0.5", (4, 6), True)])
+def test_switch_step_accounting_and_renoise(comfy_nodes, models, rate, stage0_hw, start_latent):
+    """A non-empty start latent (video-to-video) is noised at the first step only; the switch re-noises x0."""
     import comfy.sample
 
     rec = Recorder(models["t2v"])
-    out = changing(comfy_nodes, rec.model, text_cond(1), rates=rate, switches="2", steps=5, shift=3.0)
+    start = torch.randn(T2V_LATENT, generator=torch.Generator().manual_seed(9)) if start_latent else None
+    out = changing(comfy_nodes, rec.model, text_cond(1), rates=rate, switches="2", steps=5, shift=3.0, start=start)
     assert out.shape == T2V_LATENT and torch.isfinite(out).all()
     # 5 steps, 5 model calls: 2 on the stage-0 latent, 3 at full size
     assert [tuple(c["x"].shape[-2:]) for c in rec.calls] == [stage0_hw] * 2 + [(8, 12)] * 3
@@ -261,7 +265,7 @@ def test_switch_step_accounting_and_renoise(comfy_nodes, models, rate, stage0_hw
     # stage 0 runs exactly like plain sampling of the same schedule at its size
     plain = Recorder(models["t2v"])
     changing(comfy_nodes, plain.model, text_cond(1), rates="", switches="", steps=5, shift=3.0,
-             latent_shape=(1, 16, 2, *stage0_hw))
+             latent_shape=(1, 16, 2, *stage0_hw), start=None if start is None else resize_latent(start, stage0_hw))
     assert torch.equal(rec.calls[1]["x"], plain.calls[1]["x"])
     # at the switch: x0 = x - sigma*v from step 2, resized, re-noised at step 2's sigma with seed + 1 noise
     sigma = float(first[1])
