@@ -1,0 +1,124 @@
+"""Triton kernels vs their PyTorch references.
+
+On the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1), in a subprocess because the
+variable must be set before triton and the kernels are imported, and this process may already hold them
+compiled for real. GPU tests skip without CUDA.
+
+Tolerances: per-token quantization is exact (same scale bits, same 8-bit values; -0.0 and 0.0 count as
+equal). The GEMM in float32 output: int8 products are summed exactly as int32 (and exactly in the float32
+reference at these K), so the results are equal up to the float32 epilogue (rel 1e-6); fp8 sums may be
+reordered (rel 1e-5). bf16 output: within one bf16 ulp (the interpreter truncates where the GPU rounds).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = [(1, 16, 16), (37, 72, 50), (45, 100, 33)]  # (M, K, N), most not multiples of 16
+
+CHECKS = textwrap.dedent("""
+    import sys
+    import torch
+    sys.path.insert(0, ROOT)
+    import kernels
+
+    def check_quant(x, qdtype, tag):
+        q, s = kernels.quantize_per_token(x, qdtype)
+        qr, sr = kernels.quantize_per_token_reference(x, qdtype)
+        assert q.dtype == qdtype and s.shape == (x.shape[0], 1), tag
+        assert torch.equal(s, sr), f"{tag}: scales differ"
+        bad = (q.float() != qr.float()).sum().item()
+        assert bad == 0, f"{tag}: {bad} quantized values differ"
+        return q, s
+
+    def check_gemm(m, k, n, qdtype, seed):
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+        x = torch.randn(m, k, generator=g, device=DEVICE) * torch.exp(torch.randn(m, k, generator=g, device=DEVICE))
+        x[0, :] = 0.0  # an all-zero token
+        w = torch.randn(n, k, generator=g, device=DEVICE)
+        xq, sx = check_quant(x, qdtype, f"quant {qdtype} {m}x{k}")
+        wq, sw = kernels.quantize_per_token_reference(w, qdtype)
+        bias = torch.randn(n, generator=g, device=DEVICE)
+        for b in (None, bias):
+            out = kernels.scaled_gemm(xq, sx, wq, sw, b, out_dtype=torch.float32)
+            ref = kernels.scaled_gemm_reference(xq, sx, wq, sw, b, out_dtype=torch.float32)
+            rtol = 1e-6 if qdtype == torch.int8 else 1e-5
+            err = ((out - ref).abs() / (ref.abs() + 1e-3 * ref.abs().max() + 1e-30)).max().item()
+            assert err <= rtol, f"gemm {qdtype} {m}x{k}x{n} bias={b is not None}: rel err {err}"
+        out = kernels.scaled_gemm(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.bfloat16)
+        ref = kernels.scaled_gemm_reference(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.float32)
+        ulps = ((out.float() - ref).abs() / (ref.abs() * 2.0 ** -7 + 1e-30)).max().item()
+        assert ulps <= 1.0, f"gemm bf16 {qdtype} {m}x{k}x{n}: {ulps} bf16 ulps"
+
+    for i, (m, k, n) in enumerate(SHAPES):
+        for qdtype in (torch.int8, torch.float8_e4m3fn):
+            check_gemm(m, k, n, qdtype, seed=i)
+    print("kernels match their references")
+""")
+
+
+def test_kernels_in_triton_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    script = f"ROOT = {ROOT!r}\nDEVICE = 'cpu'\nSHAPES = {SHAPES!r}\n" + CHECKS
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "kernels match their references" in result.stdout
+
+
+def test_references_without_triton_match_formulas():
+    """The references are what runs without Triton: they must reproduce the quantization formula exactly."""
+    from lightx2v_nodes.quant import quantize_weight
+    from lightx2v_nodes.quant.kernel_import import load_kernels
+
+    kernels = load_kernels()
+    w = torch.randn(33, 70) * 5
+    for fmt, qdtype in (("int8", torch.int8), ("fp8", torch.float8_e4m3fn)):
+        q, s = kernels.quantize_per_token_reference(w, qdtype)
+        qw, sw = quantize_weight(w, fmt)
+        assert torch.equal(s, sw) and torch.equal(q.float(), qw.float())
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@requires_cuda
+def test_kernels_on_gpu():
+    pytest.importorskip("triton")
+    capability = torch.cuda.get_device_capability()
+    if capability < (8, 9):
+        pytest.skip("fp8 tensor-core dot needs compute capability >= 8.9")
+    namespace = {"ROOT": ROOT, "DEVICE": "cuda", "SHAPES": SHAPES + [(300, 512, 1000), (1000, 1024, 384)]}
+    exec(compile(CHECKS, "kernel_checks", "exec"), namespace)
+
+
+@requires_cuda
+@pytest.mark.parametrize("fmt", ["fp8", "int8"])
+def test_every_gpu_backend_matches_the_reference(fmt, monkeypatch):
+    from lightx2v_nodes.quant import QuantLinear, backends
+
+    capability = torch.cuda.get_device_capability()
+    names = backends.candidates(fmt, "w8a8", "cuda", capability)
+    if not names:
+        pytest.skip(f"{fmt} W8A8 is not available on compute capability {capability}")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1024, 768, dtype=torch.bfloat16, device="cuda")
+    quantized = QuantLinear.from_float(layer, fmt)
+    x = torch.randn(2, 333, 1024, device="cuda", dtype=torch.bfloat16)
+    x2d = x.reshape(-1, 1024)
+    expected = backends.reference(x2d, quantized.weight, quantized.weight_scale, quantized.bias)
+    for name in names:
+        if name == "weight_only":
+            continue
+        out = backends.BACKENDS[name](x2d, quantized.weight, quantized.weight_scale, quantized.bias)
+        rel = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
+        assert out.dtype == torch.bfloat16 and rel <= 5e-3, (name, rel)
+    monkeypatch.delenv(backends.ENV_OVERRIDE, raising=False)
+    backends.dispatch.reset()
+    out = quantized(x)
+    assert out.shape == (2, 333, 768) and torch.isfinite(out).all()
