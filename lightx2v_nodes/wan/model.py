@@ -106,6 +106,10 @@ class CrossAttention(SelfAttention):
         return self.o(out)
 
 
+def _open_gate(phase: int) -> None:
+    """No scheduler: every weight is already where the block runs."""
+
+
 class WanBlock(nn.Module):
     def __init__(self, dim, ffn_dim, num_heads, eps, image_input, ops, device, dtype):
         super().__init__()
@@ -133,11 +137,19 @@ class WanBlock(nn.Module):
         y = self.ffn(torch.addcmul(mod[3], self.norm2(x), 1 + mod[4]))
         return torch.addcmul(x, y, mod[5])
 
+    # An offload scheduler (lightx2v_nodes.offload) sets this per block: called with the phase index (0, 1, 2)
+    # before that phase runs, so the phase's weights are on the compute device when it starts.
+    phase_gate = None
+
     def forward(self, x, e, freqs, context, context_img_len=None, transformer_options=None):
         # Keyword names match ComfyUI's WanAttentionBlock, so `patches_replace["dit"]` patches can call us.
+        gate = self.phase_gate or _open_gate
+        gate(0)
         mod = self.modulation_terms(e, x)
         x = self.self_attention_phase(x.contiguous(), mod, freqs)
+        gate(1)
         x = self.cross_attention_phase(x, context, context_img_len)
+        gate(2)
         return self.ffn_phase(x, mod)
 
 

@@ -1,0 +1,283 @@
+"""The offload scheduler: N blocks resident on the compute device, the rest streamed unit by unit.
+
+Each streamed unit (a block, or one of its three phases) is copied into one of `prefetch + 1` device slots
+on a dedicated copy stream. Before unit u runs, the compute stream waits on u's copy event (the host does
+not block); then the next `prefetch` streamed units are enqueued, each into the slot that the unit before
+u left, after an event that marks the end of that unit's compute. The order wraps around, so the first
+blocks of the next step are already on their way while the last blocks, the head and the next step's
+embeddings run. Non-block weights stay resident. The DiT calls `gate(block, phase)` through
+`WanBlock.phase_gate` (see lightx2v_nodes/wan/model.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import torch
+
+from ..errors import LightX2VError
+from .lazy import LazyBlockReader, check_directory
+from .streams import streams_for
+from .units import Unit, non_block_refs, release_meta, split_units
+
+log = logging.getLogger("lightx2v_nodes")
+
+
+@dataclasses.dataclass(frozen=True)
+class OffloadSettings:
+    granularity: str = "block"  # "block" or "phase"
+    resident_blocks: int = 0  # whole blocks kept on the device (the last ones)
+    prefetch: int = 1  # streamed units in flight ahead of the running one
+    lazy_dir: str | None = None  # per-block folder to read block weights from (None: from host memory)
+    disk_workers: int = 4
+    pin_host: bool = True  # page-lock host weights in place so copies run at full bandwidth (CUDA only)
+    timing: bool = False  # per-unit copy/stall log (synchronizes at the end of each run)
+
+    def check(self, num_blocks: int) -> None:
+        if self.granularity not in ("block", "phase"):
+            raise LightX2VError(f"Offload granularity must be 'block' or 'phase', not '{self.granularity}'.")
+        if not 0 <= self.resident_blocks <= num_blocks:
+            raise LightX2VError(f"resident_blocks must be between 0 and {num_blocks} (the model's block count), "
+                                f"got {self.resident_blocks}.")
+        if self.prefetch < 1:
+            raise LightX2VError(f"prefetch depth must be at least 1 (got {self.prefetch}): 1 = copy the next unit "
+                                "while the current one runs.")
+
+
+class _Slot:
+    def __init__(self, index: int, flat: torch.Tensor):
+        self.index, self.flat, self.free_after = index, flat, None
+
+
+class OffloadScheduler:
+    def __init__(self, dit: torch.nn.Module, settings: OffloadSettings, device, manage_non_block: bool = True):
+        """manage_non_block: move the non-block weights to the device here (ComfyUI's own loader does it otherwise)."""
+        settings.check(len(dit.blocks))
+        self.dit, self.settings, self.device = dit, settings, torch.device(device)
+        self.manage_non_block = manage_non_block
+        self.units: list[Unit] = []
+        self.trace: list[tuple] | None = None  # set to [] to record ("copy", label, slot) / ("compute", label)
+        self.installed = False
+
+    # ---- sizes, for planning and ComfyUI's accounting ----
+
+    @property
+    def streamed(self) -> list[Unit]:
+        return [u for u in self.units if u.block < self.first_resident]
+
+    @property
+    def first_resident(self) -> int:
+        return len(self.dit.blocks) - self.settings.resident_blocks
+
+    def device_bytes(self) -> int:
+        """Device memory the scheduler holds while installed (resident units + slots), non-block weights excluded."""
+        resident = sum(u.nbytes for u in self.units if u.block >= self.first_resident)
+        return resident + self.slot_bytes * self.num_slots
+
+    # ---- install / uninstall ----
+
+    def install(self) -> None:
+        if self.installed:
+            return
+        s = self.settings
+        self.units = split_units(self.dit, s.granularity)
+        if s.lazy_dir:
+            for u in self.units:
+                release_meta(u.refs)
+        self.shapes = [[(r.get().shape, r.get().dtype) for r in u.refs] for u in self.units]
+        for u, sd in zip(self.units, self.shapes):
+            u.layout(sd)
+        # What the module holds at rest: aliases of the storage, not the Parameter objects that get re-pointed.
+        self.host = [[r.get().detach() for r in u.refs] for u in self.units]
+        self.streams = streams_for(self.device, s.timing)
+        self.reader = self._open_reader() if s.lazy_dir else None
+        self.registered: list[torch.Tensor] = []
+        if self.reader is None and s.pin_host and self.device.type == "cuda":
+            self._pin_host()
+        streamed = self.streamed
+        self.order = [u.index for u in streamed]
+        self.position = {u: i for i, u in enumerate(self.order)}
+        self.units_per_block = 1 if s.granularity == "block" else 3
+        self.slot_bytes = max((u.nbytes for u in streamed), default=0)
+        self.num_slots = min(s.prefetch + 1, len(streamed))
+        self.slots = [_Slot(i, torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device))
+                      for i in range(self.num_slots)]
+        self._reset_flight()
+        self.non_block = []
+        if self.manage_non_block:
+            for ref in non_block_refs(self.dit):
+                self.non_block.append((ref, ref.get().detach()))
+                ref.point_to(ref.get().to(self.device))
+        self.resident_storage = []
+        for u in self.units:
+            if u.block >= self.first_resident:
+                flat = torch.empty(u.nbytes, dtype=torch.uint8, device=self.device)
+                views = u.views(flat, self.shapes[u.index])
+                self.streams.copy(views, self._sources(u))
+                for ref, view in zip(u.refs, views):
+                    ref.point_to(view)
+                self.resident_storage.append(flat)
+        self.stats = []
+        for b, block in enumerate(self.dit.blocks):
+            block.phase_gate = functools.partial(self.gate, b)
+        self.streams.synchronize()
+        self.installed = True
+
+    def _open_reader(self) -> LazyBlockReader:
+        layouts: dict[int, dict] = {}
+        for u, shapes in zip(self.units, self.shapes):
+            layout = layouts.setdefault(u.block, {})
+            layout.update({r.key: sd for r, sd in zip(u.refs, shapes)})
+        check_directory(self.settings.lazy_dir, len(self.dit.blocks), layouts)
+        block_bytes = max(sum((int(torch.Size(sh).numel()) * dt.itemsize + 255) // 256 * 256 for sh, dt in lay.values())
+                          for lay in layouts.values())
+        return LazyBlockReader(self.settings.lazy_dir, layouts, block_bytes, self.settings.disk_workers,
+                               host_slots=3, pin=self.device.type == "cuda")
+
+    def _pin_host(self) -> None:
+        for tensors in self.host:
+            for t in tensors:
+                if t.device.type == "cpu" and not t.is_pinned() and _register_in_place(t):
+                    self.registered.append(t)
+
+    def _reset_flight(self) -> None:
+        self.in_flight: dict[int, tuple[_Slot, object]] = {}  # unit -> (slot, copy-done event)
+        self.free = list(self.slots)
+        self.current: tuple[int, _Slot] | None = None
+        self.reader_slot_of: dict[int, int] = {}
+
+    def uninstall(self) -> None:
+        if not self.installed:
+            return
+        self.finish()
+        self.streams.synchronize()
+        for u in self.units:
+            for ref, host in zip(u.refs, self.host[u.index]):
+                ref.point_to(host)
+        for ref, original in self.non_block:
+            ref.point_to(original)
+        for block in self.dit.blocks:
+            block.__dict__.pop("phase_gate", None)
+        if self.reader is not None:
+            self.reader.close()
+        for t in self.registered:
+            torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
+        self.registered = []
+        self.slots, self.resident_storage, self.non_block, self.in_flight, self.free = [], [], [], {}, []
+        self.installed = False
+
+    # ---- the schedule ----
+
+    def gate(self, block: int, phase: int) -> None:
+        if self.units_per_block == 1 and phase > 0:
+            return
+        self.need(block * self.units_per_block + (phase if self.units_per_block == 3 else 0))
+
+    def need(self, u: int) -> None:
+        """Unit u is about to run: its weights must be (made) visible to the compute stream."""
+        self._release_current()
+        unit = self.units[u]
+        if u in self.position:
+            if u not in self.in_flight:  # first unit of a run, or someone ran blocks out of order
+                self._drop_prefetches()
+                self._issue(u)
+            slot, done = self.in_flight.pop(u)
+            self._wait(u, done)
+            for ref, view in zip(unit.refs, unit.views(slot.flat, self.shapes[u])):
+                ref.point_to(view)
+            self.current = (u, slot)
+            start = self.position[u] + 1
+        else:
+            start = self.position.get(self._next_streamed(u), 0)
+        for j in range(min(self.settings.prefetch, len(self.order))):
+            v = self.order[(start + j) % len(self.order)]
+            if v != u and v not in self.in_flight:
+                if not self.free:
+                    break
+                self._issue(v)
+        if self.trace is not None:
+            self.trace.append(("compute", unit.label))
+
+    def _next_streamed(self, u: int) -> int:
+        following = [v for v in self.order if v > u]
+        return following[0] if following else (self.order[0] if self.order else u)
+
+    def _release_current(self) -> None:
+        if self.current is None:
+            return
+        u, slot = self.current
+        slot.free_after = self.streams.mark_compute()
+        self.free.append(slot)
+        for ref, host in zip(self.units[u].refs, self.host[u]):
+            ref.point_to(host)
+        self.current = None
+
+    def _drop_prefetches(self) -> None:
+        for slot, _ in self.in_flight.values():
+            slot.free_after = None  # the copy stream is in order: a new copy starts after the dropped one
+            self.free.append(slot)
+        self.in_flight.clear()
+
+    def _issue(self, u: int) -> None:
+        slot = self.free.pop(0)
+        unit = self.units[u]
+        dsts = unit.views(slot.flat, self.shapes[u])
+        start, done = self.streams.copy(dsts, self._sources(unit), after=slot.free_after)
+        if self.reader is not None:
+            self.reader.copied_out(self.reader_slot_of[unit.block], done)
+        self.in_flight[u] = (slot, done)
+        if self.settings.timing:
+            self.stats.append({"unit": unit.label, "copy": (start, done), "bytes": unit.nbytes})
+        if self.trace is not None:
+            self.trace.append(("copy", unit.label, slot.index))
+
+    def _sources(self, unit: Unit) -> list[torch.Tensor]:
+        if self.reader is None:
+            return self.host[unit.index]
+        slot, tensors = self.reader.get(unit.block, keep=self._blocks_in_flight())
+        self.reader_slot_of[unit.block] = slot
+        following = self._next_streamed(unit.index + self.units_per_block - 1 - (unit.phase or 0))
+        if following in self.position:
+            self.reader.request(self.units[following].block, keep={unit.block})  # one block ahead
+        return [tensors[r.key] for r in unit.refs]
+
+    def _blocks_in_flight(self) -> set[int]:
+        blocks = {self.units[u].block for u in self.in_flight}
+        if self.current is not None:
+            blocks.add(self.units[self.current[0]].block)
+        return blocks
+
+    def _wait(self, u: int, done) -> None:
+        if self.settings.timing and done is not None:
+            before = self.streams.mark_compute()
+            self.streams.wait(done)
+            after = self.streams.mark_compute()
+            self.stats.append({"unit": self.units[u].label, "stall": (before, after)})
+        else:
+            self.streams.wait(done)
+
+    def finish(self) -> dict | None:
+        """End of a run (or an interrupted one): weights back to their resting place; timing summary if enabled."""
+        self._release_current()
+        if not self.settings.timing or not self.stats:
+            return None
+        self.streams.synchronize()
+        copy_ms = [self.streams.elapsed_ms(*s["copy"]) for s in self.stats if "copy" in s]
+        stall_ms = [self.streams.elapsed_ms(*s["stall"]) for s in self.stats if "stall" in s]
+        summary = {"copies": len(copy_ms), "copy_ms": sum(copy_ms), "stall_ms": sum(stall_ms),
+                   "copied_bytes": sum(s["bytes"] for s in self.stats if "copy" in s)}
+        for s in self.stats:
+            kind = "copy" if "copy" in s else "stall"
+            log.debug("LightX2V offload: %-12s %s %.2f ms", s["unit"], kind, self.streams.elapsed_ms(*s[kind]))
+        self.stats = []
+        return summary
+
+
+def _register_in_place(tensor: torch.Tensor) -> bool:
+    """Page-lock an existing host tensor (no copy). Kept registered for the life of the process's tensor."""
+    if not tensor.is_contiguous() or tensor.numel() == 0:
+        return False
+    result = torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), tensor.numel() * tensor.element_size(), 0)
+    return int(result) == 0
