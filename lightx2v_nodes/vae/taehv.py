@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import LightX2VError
 from .runner import StreamRunner
-from .stream_ops import Conv, MemBlock, PoolConv, UpConv
+from .stream_ops import Conv, MemBlock, PoolConv, UpConv, activation_format
 
 DECODE_MODES = ("chunked", "parallel", "sequential")
 DEFAULT_CHUNK_MB = 256
@@ -137,6 +137,7 @@ class TAEHV(nn.Module):
         self.encoder = _encoder_weights(spec.latent_channels, spec.patch_size) if spec.has_encoder else None
         self.decode_mode = "chunked"
         self.chunk_mb = DEFAULT_CHUNK_MB
+        self.default_progress = None  # a factory of progress(done, total) callbacks, used when none is passed
         self._plans: dict = {}
 
     @property
@@ -180,6 +181,7 @@ class TAEHV(nn.Module):
             raise LightX2VError(self._latent_mismatch(latents))
         mode = mode or self.decode_mode
         budget = self._budget(mode, chunk_mb)
+        progress = progress or (self.default_progress and self.default_progress())
         ops = self._plan("decoder")
         b, _, t, h, w = latents.shape
         p = self.spec.patch_size
@@ -189,19 +191,19 @@ class TAEHV(nn.Module):
         written = 0
 
         def sink(x, video):
+            # video.pos counts the decoder's raw frames; the first FRAMES_TO_TRIM of each video are dropped.
             nonlocal written
+            first_raw, video.pos = video.pos, video.pos + x.shape[0]
+            x = x[max(0, FRAMES_TO_TRIM - first_raw):]
+            if x.shape[0] == 0:
+                return
             if p > 1:
                 x = F.pixel_shuffle(x, p)
-            x = x.clamp_(0, 1).permute(0, 2, 3, 1)
-            n = x.shape[0]
-            skip = min(n, max(0, FRAMES_TO_TRIM - video.pos))
-            video.pos += n
-            if n > skip:
-                start = video.pos - n + skip - FRAMES_TO_TRIM
-                out[video.index, start:start + n - skip].copy_(x[skip:])
-                written += n - skip
-                if progress is not None:
-                    progress(written, b * frames)
+            start = video.pos - x.shape[0] - FRAMES_TO_TRIM
+            out[video.index, start:video.pos - FRAMES_TO_TRIM].copy_(x.clamp_(0, 1).permute(0, 2, 3, 1))
+            written += x.shape[0]
+            if progress:
+                progress(written, b * frames)
 
         for index in range(b):
             video = _Cursor(index)
@@ -225,6 +227,7 @@ class TAEHV(nn.Module):
             raise LightX2VError(f"TAEHV encodes (batch, 3, frames, height, width) RGB video; got shape {tuple(frames.shape)}.")
         mode = mode or self.decode_mode
         budget = self._budget(mode, chunk_mb)
+        progress = progress or (self.default_progress and self.default_progress())
         ops = self._plan("encoder")
         b, _, t, h, w = frames.shape
         p = self.spec.patch_size
@@ -237,7 +240,7 @@ class TAEHV(nn.Module):
             n = x.shape[0]
             out[video.index, :, video.pos:video.pos + n].copy_(x.transpose(0, 1))
             video.pos += n
-            if progress is not None:
+            if progress:
                 progress(video.index * latent_t + video.pos, b * latent_t)
 
         per_feed = {"sequential": 1, "parallel": t + pad}.get(mode, TIME_SCALE * 4)
@@ -249,11 +252,11 @@ class TAEHV(nn.Module):
                 source = torch.cat([source, source[-1:].expand(pad, -1, -1, -1)])
             for piece in source.split(per_feed):
                 piece = self._to_compute(piece)
-                runner.push(F.pixel_unshuffle(piece, p).contiguous(memory_format=torch.channels_last) if p > 1 else piece)
+                runner.push(F.pixel_unshuffle(piece, p).contiguous(memory_format=activation_format(self.device)) if p > 1 else piece)
         return out
 
     def _to_compute(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=activation_format(self.device))
 
     def _latent_mismatch(self, latents: torch.Tensor) -> str:
         shape = tuple(latents.shape)
