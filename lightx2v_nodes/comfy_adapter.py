@@ -139,6 +139,23 @@ def resolve_diffusion_model(name: str) -> str:
     return folder_paths.get_full_path_or_raise("diffusion_models", name)
 
 
+def converted_model_path(name: str) -> str:
+    """Where the converter node writes `name`: models/diffusion_models (not the legacy models/unet)."""
+    if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise LightX2VError(f"Invalid output name '{name}': give a plain file name such as wan_t2v_14B_fp8.safetensors.")
+    folders = folder_paths.get_folder_paths("diffusion_models")  # models/unet (legacy) comes first in ComfyUI
+    folder = next((f for f in folders if os.path.basename(os.path.normpath(f)) == "diffusion_models"), folders[0])
+    return os.path.join(folder, name)
+
+
+def lora_file_choices() -> list[str]:
+    return list(folder_paths.get_filename_list("loras"))
+
+
+def resolve_lora_file(name: str) -> str:
+    return folder_paths.get_full_path_or_raise("loras", name)
+
+
 class ProgressReporter:
     """A ComfyUI progress bar (shown on the node) driven by (done, total) callbacks."""
 
