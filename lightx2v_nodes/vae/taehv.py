@@ -145,22 +145,22 @@ class TAEHV(nn.Module):
         return self.spec.latent_channels
 
     @property
-    def dtype(self) -> torch.dtype:
+    def weight_dtype(self) -> torch.dtype:
         return self.decoder[1].weight.dtype
 
     @property
-    def device(self) -> torch.device:
+    def weight_device(self) -> torch.device:
         return self.decoder[1].weight.device
 
     def _plan(self, part: str) -> list:
         """The fused streaming layers for the current weights (rebuilt when weights move or change dtype)."""
         module = getattr(self, part)
-        key = tuple(p.data_ptr() for p in module.parameters()) + (str(self.device), self.dtype)
+        key = tuple(p.data_ptr() for p in module.parameters()) + (str(self.weight_device), self.weight_dtype)
         cached = self._plans.get(part)
         if cached is None or cached[0] != key:
             build = _decoder_ops if part == "decoder" else _encoder_ops
             with torch.no_grad():
-                cached = (key, build(module, self.dtype))
+                cached = (key, build(module, self.weight_dtype))
             self._plans[part] = cached
         return cached[1]
 
@@ -186,8 +186,8 @@ class TAEHV(nn.Module):
         b, _, t, h, w = latents.shape
         p = self.spec.patch_size
         frames = TIME_SCALE * t - FRAMES_TO_TRIM
-        out = torch.empty((b, frames, 8 * h * p, 8 * w * p, 3), dtype=out_dtype or self.dtype,
-                          device=out_device or self.device)
+        out = torch.empty((b, frames, 8 * h * p, 8 * w * p, 3), dtype=out_dtype or self.weight_dtype,
+                          device=out_device or self.weight_device)
         written = 0
 
         def sink(x, video):
@@ -234,7 +234,7 @@ class TAEHV(nn.Module):
         latent_t = -(-t // TIME_SCALE)
         pad = latent_t * TIME_SCALE - t
         lat_h, lat_w = -(-h // (8 * p)), -(-w // (8 * p))
-        out = torch.empty((b, self.latent_channels, latent_t, lat_h, lat_w), dtype=out_dtype or self.dtype, device=self.device)
+        out = torch.empty((b, self.latent_channels, latent_t, lat_h, lat_w), dtype=out_dtype or self.weight_dtype, device=self.weight_device)
 
         def sink(x, video):
             n = x.shape[0]
@@ -252,11 +252,11 @@ class TAEHV(nn.Module):
                 source = torch.cat([source, source[-1:].expand(pad, -1, -1, -1)])
             for piece in source.split(per_feed):
                 piece = self._to_compute(piece)
-                runner.push(F.pixel_unshuffle(piece, p).contiguous(memory_format=activation_format(self.device)) if p > 1 else piece)
+                runner.push(F.pixel_unshuffle(piece, p).contiguous(memory_format=activation_format(self.weight_device)) if p > 1 else piece)
         return out
 
     def _to_compute(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=activation_format(self.device))
+        return x.to(device=self.weight_device, dtype=self.weight_dtype).contiguous(memory_format=activation_format(self.weight_device))
 
     def _latent_mismatch(self, latents: torch.Tensor) -> str:
         shape = tuple(latents.shape)
