@@ -104,6 +104,14 @@ class QuantLinear(nn.Module):
         self.weight = param
         return None
 
+    def _apply(self, fn, recurse=True):
+        # Module.to() moves parameters in place; the merged weight's own scale must follow it.
+        super()._apply(fn, recurse)
+        scale = getattr(self.weight, _PATCHED_SCALE, None)
+        if scale is not None and scale.device != self.weight.device:
+            setattr(self.weight, _PATCHED_SCALE, scale.to(self.weight.device))
+        return self
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "weight_scale"] = self.current_scale() if keep_vars else self.current_scale().detach()

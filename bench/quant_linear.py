@@ -1,0 +1,235 @@
+"""Quantized linears at the Wan2.1 14B shapes: every backend vs bf16 F.linear, TFLOP/s and speed-up.
+
+Shapes (480x832x81 -> 32,760 video tokens; text context 512 tokens, CLIP image context 257):
+  attn 5120->5120 x 32760 (self q/k/v/o, cross q/o: 6 per block), ffn.0 5120->13824, ffn.2 13824->5120,
+  cross k/v 5120->5120 x 512 (2 per block), I2V k_img/v_img 5120->5120 x 257 (2 per block).
+Backends: bf16 (F.linear), fp8 scaled_mm / triton / weight-only, int8 int_mm / triton / weight-only, each
+including the per-token activation quantization; `*-gemm` rows time the matmul alone (activations already
+quantized), `act-quant` the quantization alone. Cosine vs the bf16 output is reported for every backend.
+Median of --runs after --warmup, CUDA events. The per-block line sums one block's linears (T2V).
+Writes JSON to $OUT or bench/results/quant_linear.json; prints the table last.
+
+  python bench/quant_linear.py [--runs 20] [--warmup 5] [--backends ...] [--tiny]
+  (TRITON_INTERPRET=1 with --tiny also runs the Triton backends, interpreted, on the CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from lightx2v_nodes.quant import backends, quantize_weight  # noqa: E402
+from lightx2v_nodes.quant.formats import FORMATS  # noqa: E402
+from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
+
+kernels = load_kernels()
+
+# name: (tokens, in, out, count per T2V block)
+FULL_SHAPES = {
+    "attn 5120x5120": (32760, 5120, 5120, 6),
+    "ffn.0 5120->13824": (32760, 5120, 13824, 1),
+    "ffn.2 13824->5120": (32760, 13824, 5120, 1),
+    "cross k/v (512 tok)": (512, 5120, 5120, 2),
+    "k_img/v_img (257 tok)": (257, 5120, 5120, 0),
+}
+TINY_SHAPES = {
+    "attn 256x256": (96, 256, 256, 6),
+    "ffn.0 256->512": (96, 256, 512, 1),
+    "ffn.2 512->256": (96, 512, 256, 1),
+    "cross k/v (24 tok)": (24, 256, 256, 2),
+}
+# backend name -> (format, function of (x, weight, scale, bias), needs CUDA)
+BACKENDS = {
+    "bf16": (None, None, False),
+    "fp8 scaled_mm": ("fp8", backends.scaled_mm, True),
+    "fp8 triton": ("fp8", backends.triton, True),
+    "fp8 weight-only": ("fp8", backends.weight_only, False),
+    "int8 int_mm": ("int8", backends.int_mm, True),
+    "int8 triton": ("int8", backends.triton, True),
+    "int8 weight-only": ("int8", backends.weight_only, False),
+    "fp8 reference": ("fp8", backends.reference, False),
+    "int8 reference": ("int8", backends.reference, False),
+}
+DEFAULT_FULL = [b for b in BACKENDS if "reference" not in b]
+
+
+def timer(device):
+    if device.type == "cuda":
+        def measure(fn, warmup, runs):
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(runs):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            return statistics.median(times)
+    else:
+        def measure(fn, warmup, runs):
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+    return measure
+
+
+def cosine(a, b):
+    a, b = a.float().flatten(), b.float().flatten()
+    return (a @ b / (a.norm() * b.norm())).item()
+
+
+def available(name, device, capability):
+    fmt, _, needs_cuda = BACKENDS[name]
+    interpreted = "triton" in name and os.environ.get("TRITON_INTERPRET") == "1"  # --tiny on the CPU
+    if needs_cuda and device.type != "cuda" and not interpreted:
+        return "needs CUDA"
+    if device.type == "cuda" and name.startswith("fp8") and "weight-only" not in name and "reference" not in name and capability < (8, 9):
+        return "needs compute capability >= 8.9"
+    if "triton" in name and not kernels.TRITON_AVAILABLE:
+        return "Triton not installed"
+    return None
+
+
+def bench_shape(label, m, k, n, names, device, measure, warmup, runs):
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(m, k, generator=gen, device=device, dtype=torch.float32).to(torch.bfloat16)
+    w = (torch.randn(n, k, generator=gen, device=device, dtype=torch.float32) / k ** 0.5).to(torch.bfloat16)
+    bias = (0.02 * torch.randn(n, generator=gen, device=device)).to(torch.bfloat16)
+    flop = 2.0 * m * k * n
+    reference_out = F.linear(x, w, bias)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+    rows, t_bf16 = [], None
+    quantized = {fmt: quantize_weight(w, fmt) for fmt in FORMATS}
+    for name in names:
+        reason = available(name, device, capability)
+        if reason:
+            rows.append({"shape": label, "backend": name, "skipped": reason})
+            continue
+        fmt, fn, _ = BACKENDS[name]
+        if fmt is None:
+            call = lambda: F.linear(x, w, bias)  # noqa: E731
+        else:
+            wq, sw = quantized[fmt]
+            call = lambda fn=fn, wq=wq, sw=sw: fn(x, wq, sw, bias)  # noqa: E731
+        try:
+            out = call()
+            seconds = measure(call, warmup, runs)
+        except Exception as exc:  # report and go on: one broken backend must not hide the others
+            rows.append({"shape": label, "backend": name, "skipped": f"failed: {str(exc).splitlines()[0][:120]}"})
+            continue
+        if fmt is None:
+            t_bf16 = seconds
+        rows.append({"shape": label, "backend": name, "tokens": m, "in": k, "out": n, "ms": seconds * 1e3,
+                     "tflops": flop / seconds / 1e12, "cosine_vs_bf16": cosine(out, reference_out)})
+        if fn in (backends.scaled_mm, backends.int_mm) or (fn is backends.triton):
+            rows.extend(gemm_only_rows(label, name, x, wq, sw, bias, flop, measure, warmup, runs))
+    for row in rows:
+        if "ms" in row and t_bf16:
+            row["speedup_vs_bf16"] = t_bf16 * 1e3 / row["ms"]
+    return rows
+
+
+def gemm_only_rows(label, name, x, wq, sw, bias, flop, measure, warmup, runs):
+    """The same backend split into its two launches: activation quantization, then the GEMM alone."""
+    qdtype = wq.dtype
+    xq, sx = kernels.quantize_per_token(x, qdtype) if kernels.TRITON_AVAILABLE else kernels.quantize_per_token_reference(x, qdtype)
+    if "scaled_mm" in name:
+        gemm = lambda: torch._scaled_mm(xq, wq.t(), scale_a=sx, scale_b=sw.reshape(1, -1), bias=bias, out_dtype=torch.bfloat16)  # noqa: E731
+    elif "int_mm" in name:
+        gemm = lambda: torch._int_mm(xq, wq.t())  # noqa: E731
+    else:
+        gemm = lambda: kernels.scaled_gemm(xq, sx, wq, sw, bias, out_dtype=torch.bfloat16)  # noqa: E731
+    rows = []
+    seconds = measure(gemm, warmup, runs)
+    rows.append({"shape": label, "backend": name + " (gemm only)", "ms": seconds * 1e3, "tflops": flop / seconds / 1e12})
+    if kernels.TRITON_AVAILABLE and "triton" in name:
+        quant = lambda: kernels.quantize_per_token(x, qdtype)  # noqa: E731
+        seconds = measure(quant, warmup, runs)
+        rows.append({"shape": label, "backend": name.split()[0] + " act-quant (triton)", "ms": seconds * 1e3,
+                     "gb_per_s": x.numel() * (x.element_size() + 1) / seconds / 1e9})
+    return rows
+
+
+def per_block(rows, shapes):
+    """Milliseconds of one T2V block's linears per backend (only backends measured at every counted shape)."""
+    totals = {}
+    for name in {r["backend"] for r in rows if "ms" in r and "gemm only" not in r["backend"] and "act-quant" not in r["backend"]}:
+        ms = 0.0
+        for label, (_, _, _, count) in shapes.items():
+            if count:
+                row = next((r for r in rows if r["shape"] == label and r["backend"] == name and "ms" in r), None)
+                if row is None:
+                    break
+                ms += count * row["ms"]
+        else:
+            totals[name] = ms
+    return totals
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--backends", default=None, help="comma-separated subset of: " + ", ".join(BACKENDS))
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU: checks the code paths run")
+    args = parser.parse_args(argv)
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    shapes = TINY_SHAPES if args.tiny else FULL_SHAPES
+    names = args.backends.split(",") if args.backends else (list(BACKENDS) if args.tiny else DEFAULT_FULL)
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        parser.error(f"unknown backends {unknown}")
+    if "bf16" not in names:
+        names = ["bf16"] + names
+    measure = timer(device)
+    runs, warmup = (3, 1) if args.tiny else (args.runs, args.warmup)
+    rows = []
+    for label, (m, k, n, _) in shapes.items():
+        rows += bench_shape(label, m, k, n, names, device, measure, warmup, runs)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    block = per_block(rows, shapes)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "rows": rows, "block_ms": block}
+    out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "quant_linear" + ("_tiny" if args.tiny else "") + ".json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+
+    print(f"\nQuantized linears on {device_name} (torch {torch.__version__}); JSON: {path}")
+    print(f"{'shape':24s} {'backend':34s} {'ms':>9s} {'TFLOP/s':>9s} {'x bf16':>7s} {'cosine':>8s}")
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['shape']:24s} {r['backend']:34s} {'skipped: ' + r['skipped']}")
+            continue
+        tflops = f"{r['tflops']:9.1f}" if "tflops" in r else f"{r['gb_per_s']:6.0f}GB/s"
+        speed = f"{r['speedup_vs_bf16']:7.2f}" if "speedup_vs_bf16" in r else " " * 7
+        cos = f"{r['cosine_vs_bf16']:8.5f}" if "cosine_vs_bf16" in r else ""
+        print(f"{r['shape']:24s} {r['backend']:34s} {r['ms']:9.3f} {tflops} {speed} {cos}")
+    if block:
+        base = block.get("bf16")
+        print("\nOne T2V block's linears (6 attn + ffn.0 + ffn.2 + 2 cross k/v):")
+        for name, ms in sorted(block.items(), key=lambda kv: kv[1]):
+            print(f"  {name:20s} {ms:9.3f} ms" + (f"   {base / ms:5.2f}x bf16" if base else ""))
+
+
+if __name__ == "__main__":
+    main()
