@@ -10,7 +10,7 @@ from harness import run_prompt
 from lightx2v_nodes import convert as cli
 from lightx2v_nodes.errors import LightX2VError
 from lightx2v_nodes.lora.synthetic import make_lora, write_lora
-from lightx2v_nodes.quant import normalize_quantized, quantize_weight
+from lightx2v_nodes.quant import is_block_linear, normalize_quantized, quantize_weight
 from lightx2v_nodes.quant.convert import convert_checkpoint
 from lightx2v_nodes.wan import synthetic
 from lightx2v_nodes.wan.checkpoint import INDEX_NAME, load_wan_checkpoint
@@ -23,10 +23,6 @@ def float_sd():
     return synthetic.random_state_dict(CFG, seed=7)
 
 
-def expected_weight(weight, fmt):
-    return quantize_weight(weight, fmt)
-
-
 def check_output(path, source_sd, fmt, source_dtype):
     loaded, cfg, _ = load_wan_checkpoint(path)
     assert cfg == CFG
@@ -34,7 +30,7 @@ def check_output(path, source_sd, fmt, source_dtype):
     assert found == fmt
     for key, value in source_sd.items():
         stored = value.to(source_dtype)
-        if key.endswith(".weight") and key.count(".") >= 3 and key.startswith("blocks.") and value.dim() == 2:
+        if key.endswith(".weight") and is_block_linear(key[: -len(".weight")]):
             q, scale = quantize_weight(stored, fmt)
             assert torch.equal(loaded[key].view(torch.uint8), q.view(torch.uint8)), key
             assert torch.equal(loaded[key[:-7] + ".weight_scale"], scale), key

@@ -154,6 +154,8 @@ class BackendDispatcher:
         while True:
             try:
                 return BACKENDS[order[0]](x, weight, scale, bias)
+            except torch.cuda.OutOfMemoryError:
+                raise  # not the backend's fault: ComfyUI handles it (e.g. retries in low-VRAM mode)
             except (RuntimeError, NotImplementedError) as exc:
                 if len(order) == 1 or x.device.type != "cuda":
                     raise
