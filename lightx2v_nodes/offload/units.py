@@ -141,4 +141,11 @@ def non_block_refs(dit: nn.Module) -> list[TensorRef]:
 
 
 def unit_bytes(units: list[Unit]) -> list[int]:
-    return [sum(r.get().numel() * r.get().element_size() for r in u.refs) for u in units]
+    """Packed (aligned) size of each unit: what one device slot for it takes."""
+    for u in units:
+        u.layout([(r.get().shape, r.get().dtype) for r in u.refs])
+    return [u.nbytes for u in units]
+
+
+def tensor_bytes(refs: list[TensorRef]) -> int:
+    return sum(r.get().numel() * r.get().element_size() for r in refs)
