@@ -64,8 +64,8 @@ def test_weight_only_is_dequantized_matmul():
         assert torch.equal(quantized(x), F.linear(x, dense, layer.bias))
 
 
-@pytest.mark.parametrize("fmt", ["fp8", "int8"])
-def test_tiny_dit_forward_cosine(fmt):
+def test_tiny_dit_forward_cosine():
+    """Whole forward of a 4-block I2V DiT (all 12 block linears per block quantized) vs the same model in bf16."""
     cfg = synthetic.tiny_config("i2v", layers=4)
     state_dict = synthetic.random_state_dict(cfg, seed=4)
 
@@ -75,14 +75,15 @@ def test_tiny_dit_forward_cosine(fmt):
         return model.eval()
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 36, 3, 12, 12, generator=g).bfloat16()
-    context = torch.randn(1, 16, 4096, generator=g).bfloat16()
-    clip = torch.randn(1, 257, 1280, generator=g).bfloat16()
+    x = torch.randn(1, 36, 2, 8, 8, generator=g).bfloat16()
+    context = torch.randn(1, 12, 4096, generator=g).bfloat16()
+    clip = torch.randn(1, 8, 1280, generator=g).bfloat16()
     t = torch.tensor([750.0])
     with torch.no_grad():
         reference = build()(x, t, context, clip_fea=clip)
-        quantized = quantize_dit_(build(), fmt)
-        assert sum(isinstance(m, QuantLinear) for m in quantized.modules()) == 4 * 12
-        out = quantized(x, t, context, clip_fea=clip)
-    assert torch.isfinite(out).all()
-    assert cosine(out, reference) >= 0.995
+        for fmt in ("fp8", "int8"):
+            quantized = quantize_dit_(build(), fmt)
+            assert sum(isinstance(m, QuantLinear) for m in quantized.modules()) == 4 * 12
+            out = quantized(x, t, context, clip_fea=clip)
+            assert torch.isfinite(out).all()
+            assert cosine(out, reference) >= 0.995, fmt
