@@ -28,11 +28,19 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lightx2v_nodes.quant import backends, quantize_weight  # noqa: E402
+from lightx2v_nodes.quant import backends, install_quant_linears, quantize_weight  # noqa: E402
 from lightx2v_nodes.quant.formats import FORMATS  # noqa: E402
 from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
 
+from lightx2v_nodes.wan import synthetic  # noqa: E402
+from lightx2v_nodes.wan.config import WanConfig  # noqa: E402
+from lightx2v_nodes.wan.model import WanDiT  # noqa: E402
+
 kernels = load_kernels()
+MODELS = {
+    "14B T2V": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=16),
+    "14B I2V": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36, model_type="i2v"),
+}
 
 # name: (tokens, in, out, count per T2V block)
 FULL_SHAPES = {
@@ -183,6 +191,20 @@ def per_block(rows, shapes):
     return totals
 
 
+def resident_weights(tiny: bool) -> dict:
+    """GiB of weights a whole DiT keeps resident: bf16 vs 8-bit block linears (built on the meta device, exact)."""
+    models = {"tiny T2V": synthetic.tiny_config("t2v")} if tiny else MODELS
+    sizes = {}
+    for name, cfg in models.items():
+        for fmt in (None, "fp8", "int8"):
+            model = WanDiT(**cfg.unet_config(), device="meta", dtype=torch.bfloat16)
+            if fmt:
+                install_quant_linears(model, fmt)
+            params = list(model.parameters())
+            sizes[f"{name} {fmt or 'bf16'}"] = sum(p.numel() * p.element_size() for p in params) / 2**30
+    return sizes
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -206,8 +228,10 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.empty_cache()
     block = per_block(rows, shapes)
+    resident = resident_weights(args.tiny)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "rows": rows, "block_ms": block}
+    result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "rows": rows, "block_ms": block,
+              "resident_weights_gib": resident}
     out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "quant_linear" + ("_tiny" if args.tiny else "") + ".json")
@@ -224,6 +248,9 @@ def main(argv=None):
         speed = f"{r['speedup_vs_bf16']:7.2f}" if "speedup_vs_bf16" in r else " " * 7
         cos = f"{r['cosine_vs_bf16']:8.5f}" if "cosine_vs_bf16" in r else ""
         print(f"{r['shape']:24s} {r['backend']:34s} {r['ms']:9.3f} {tflops} {speed} {cos}")
+    print("\nResident DiT weights (8-bit block linears + bf16 rest, as the model holds them):")
+    for name, gib in resident.items():
+        print(f"  {name:20s} {gib:8.3f} GiB")
     if block:
         base = block.get("bf16")
         print("\nOne T2V block's linears (6 attn + ffn.0 + ffn.2 + 2 cross k/v):")
