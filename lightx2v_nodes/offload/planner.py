@@ -2,8 +2,9 @@
 
 Device memory of a run = non-block weights + resident blocks + (prefetch + 1) streaming slots (a block or
 a phase each) + activations. Activations are estimated for Wan at the run's token count: the peak is the
-self-attention phase (residual, modulated input, q, v, raw k, and k's float32 RoPE temporaries: ~20 bytes
-per token and channel in bf16) or the FFN phase (two hidden tensors of ffn_dim), whichever is larger.
+self-attention phase (residual, modulated input, q, and k with its float32 RoPE temporaries: ~16 bytes per
+token and channel in bf16) or the FFN phase (residual, input, and two hidden tensors of ffn_dim), whichever
+is larger.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def video_tokens(width: int, height: int, frames: int) -> int:
 
 
 def activation_bytes(sizes: ModelSizes, tokens: int, batch: int = 1, dtype_bytes: int = 2) -> int:
-    per_token = max(20 * sizes.dim * dtype_bytes // 2, (6 * sizes.dim + 4 * sizes.ffn_dim) * dtype_bytes // 2)
+    per_token = max(16 * sizes.dim, 4 * sizes.dim + 4 * sizes.ffn_dim) * dtype_bytes // 2
     return int(per_token * tokens * batch * ACTIVATION_MARGIN)
 
 
