@@ -22,7 +22,8 @@ class ConvertWanDiT(io.ComfyNode):
             category="LightX2V",
             description="Converts a bf16/fp16 Wan2.1 diffusion model to LightX2V's 8-bit format (fp8 or int8 block "
                         "linears with per-channel scales), optionally with a LoRA merged in first, and saves it into "
-                        "models/diffusion_models. Load the result with LightX2V Load Wan DiT (quantization auto).",
+                        "models/diffusion_models. Load the result with LightX2V Load Wan DiT (quantization auto) after "
+                        "refreshing the node list. Needs about 1.5x the source file's size in free RAM (14B bf16: ~45 GB).",
             inputs=[
                 io.Combo.Input("model_name", options=diffusion_model_choices(),
                                tooltip="The float (bf16/fp16/fp32) Wan2.1 model to convert, in any layout the loader accepts."),

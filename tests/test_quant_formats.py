@@ -117,6 +117,12 @@ def test_apply_quantization_choices(float_sd):
     assert plan is None and sd["blocks.0.ffn.0.weight"].dtype == torch.float32
     sd, plan = apply_quantization(dict(int8_file), "auto")
     assert (plan.fmt, plan.mode, plan.source) == ("int8", "w8a8", "from the file")
+    assert all(torch.equal(sd[k], v) for k, v in int8_file.items())
+    mixed = dict(int8_file)  # one block linear left in float by the tool that wrote the file
+    mixed["blocks.1.ffn.2.weight"] = float_sd["blocks.1.ffn.2.weight"]
+    del mixed["blocks.1.ffn.2.weight_scale"]
+    sd, plan = apply_quantization(mixed, "auto")
+    assert torch.equal(sd["blocks.1.ffn.2.weight"], int8_file["blocks.1.ffn.2.weight"]) and plan.fmt == "int8"
     sd, plan = apply_quantization(dict(int8_file), "none", torch.float32)
     assert plan is None and "blocks.0.ffn.0.weight_scale" not in sd
     assert torch.allclose(sd["blocks.0.ffn.0.weight"], float_sd["blocks.0.ffn.0.weight"], rtol=0, atol=float_sd["blocks.0.ffn.0.weight"].abs().max() / 254)

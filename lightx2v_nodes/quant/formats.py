@@ -147,7 +147,7 @@ def _check_no_orphan_scales(original, normalized) -> None:
 
 
 def quantize_state_dict(state_dict: dict[str, torch.Tensor], fmt: str, progress=None) -> dict[str, torch.Tensor]:
-    """Quantize every block linear of a float original-layout state dict (others pass through).
+    """Quantize every float block linear of an original-layout state dict (8-bit ones and the rest pass through).
 
     The input dict is emptied as it goes, so each float weight can be freed once quantized.
     """
@@ -156,9 +156,7 @@ def quantize_state_dict(state_dict: dict[str, torch.Tensor], fmt: str, progress=
     for i, key in enumerate(keys):
         value = state_dict.pop(key)
         module = key[: -len(".weight")]
-        if key.endswith(".weight") and is_block_linear(module) and value.dim() == 2:
-            if value.dtype in QUANTIZED_DTYPES:
-                raise LightX2VError(f"'{key}' is already quantized ({value.dtype}); dequantize it first.")
+        if key.endswith(".weight") and is_block_linear(module) and value.dim() == 2 and value.dtype not in QUANTIZED_DTYPES:
             out[key], out[module + SCALE_SUFFIX] = quantize_weight(value, fmt)
         else:
             out[key] = value

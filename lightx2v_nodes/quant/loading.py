@@ -44,14 +44,17 @@ def apply_quantization(state_dict: dict[str, torch.Tensor], choice: str, compute
     target, mode = parse_choice(choice)
     state_dict, file_fmt = normalize_quantized(state_dict, compute_dtype)
     if choice == "auto":
-        return state_dict, QuantPlan(file_fmt, mode, "from the file") if file_fmt else None
+        if not file_fmt:
+            return state_dict, None
+        # A file that left some block linears in float (mixed precision): those are quantized like the rest.
+        return quantize_state_dict(state_dict, file_fmt, progress), QuantPlan(file_fmt, mode, "from the file")
     if choice == "none":
         if file_fmt:
             log.info("LightX2V: dequantizing the %s file to %s (quantization = none)", file_fmt, compute_dtype)
             state_dict = dequantize_state_dict(state_dict, compute_dtype)
         return state_dict, None
     if file_fmt == target:
-        return state_dict, QuantPlan(target, mode, "from the file")
+        return quantize_state_dict(state_dict, target, progress), QuantPlan(target, mode, "from the file")
     if file_fmt:
         log.warning("LightX2V: re-quantizing a %s file to %s; converting the original bf16 model gives better accuracy.", file_fmt, target)
         state_dict = dequantize_state_dict(state_dict, torch.float32)
