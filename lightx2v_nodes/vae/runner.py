@@ -46,4 +46,6 @@ class StreamRunner:
         y, self.states[index] = op(x, self.states[index])
         del x
         if y.shape[0]:
-            self._run(index + 1, [y])
+            box = [y]
+            del y
+            self._run(index + 1, box)

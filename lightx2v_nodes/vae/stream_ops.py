@@ -47,15 +47,24 @@ def _exact(weight: torch.Tensor) -> torch.Tensor:
 
 
 class Conv:
-    """A 3x3 conv, optionally with TAEHV's Clamp (tanh(x/3)*3) before it and a ReLU after it."""
+    """A 3x3 conv, optionally with TAEHV's Clamp (tanh(x/3)*3) before it and a ReLU after it.
 
-    def __init__(self, weight, bias, dtype, relu: bool = False, clamp_input: bool = False):
+    `pad_outputs_to` rounds the output channels up with zero filters (cuDNN's tensor-core kernels for
+    half-precision channels-last convs want multiples of 8; the RGB output layer has 3 or 12); the
+    result is a view of the real channels.
+    """
+
+    def __init__(self, weight, bias, dtype, relu: bool = False, clamp_input: bool = False, pad_outputs_to: int = 1):
+        self.cin, self.cout = weight.shape[1], weight.shape[0]
+        padded = -(-self.cout // pad_outputs_to) * pad_outputs_to
+        if padded > self.cout:
+            weight = torch.cat([weight, weight.new_zeros((padded - self.cout, *weight.shape[1:]))])
+            bias = torch.cat([bias, bias.new_zeros(padded - self.cout)])
         self.weight, self.bias = _cast(weight, dtype, weight.device), _cast(bias, dtype, weight.device)
         self.relu, self.clamp_input = relu, clamp_input
-        self.cin, self.cout = weight.shape[1], weight.shape[0]
 
     def elements_per_frame(self, h: int, w: int) -> int:
-        return (2 * self.cin + self.cout) * h * w
+        return (2 * self.cin + self.weight.shape[0]) * h * w
 
     def __call__(self, x, state):
         if self.clamp_input:
@@ -63,7 +72,7 @@ class Conv:
         y = F.conv2d(x, self.weight, self.bias, padding=1)
         if self.relu:
             y.relu_()
-        return y, None
+        return y[:, :self.cout], None
 
 
 class MemBlock:

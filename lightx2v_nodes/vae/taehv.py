@@ -111,7 +111,7 @@ def _decoder_ops(dec: nn.ModuleList, dtype) -> list:
         ops += [_memblock(dec[first + k], dtype) for k in range(3)]
         grow, conv = dec[first + 4].conv.weight, dec[first + 5].weight
         ops.append(UpConv(conv, grow, stride, dtype, relu=first == 15))  # the last one is followed by decoder.21 = ReLU
-    ops.append(Conv(dec[22].weight, dec[22].bias, dtype))
+    ops.append(Conv(dec[22].weight, dec[22].bias, dtype, pad_outputs_to=8))
     return ops
 
 
