@@ -1,0 +1,275 @@
+"""Offload scheduler on the GPU: 14B Wan (random weights) under a capped VRAM budget vs fully resident.
+
+For each weight format (bf16, fp8 W8A8 via QuantLinear) and shape: s/step fully resident, then with the CUDA
+caching allocator capped at the budget (torch.cuda.set_per_process_memory_fraction) in block and phase
+mode: s/step, ratio to resident, peak allocated, resident blocks chosen by the planner, copy time, compute
+stall time (copy not hidden), achieved host->device bandwidth, and host RSS before/after repeated runs.
+A "step" is one DiT forward at batch 1 (a CFG step is two). Measured raw pinned/pageable bandwidth first.
+Writes JSON to $OUT or bench/results/offload.json and prints a table last.
+
+  python bench/offload.py [--dtypes bf16,fp8] [--shapes 480x832x81,720x1280x81] [--modes block,phase]
+                          [--budgets bf16=12,fp8=8] [--runs 3] [--rss-runs 10] [--lazy] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import psutil
+import torch
+from safetensors.torch import save_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from lightx2v_nodes.offload import OffloadScheduler, OffloadSettings  # noqa: E402
+from lightx2v_nodes.offload.planner import GiB, ModelSizes, plan_offload, video_tokens  # noqa: E402
+from lightx2v_nodes.quant import install_quant_linears  # noqa: E402
+from lightx2v_nodes.quant.formats import is_block_linear, quantize_weight  # noqa: E402
+from lightx2v_nodes.wan import synthetic  # noqa: E402
+from lightx2v_nodes.wan.checkpoint import NON_BLOCK_NAME  # noqa: E402
+from lightx2v_nodes.wan.config import WanConfig  # noqa: E402
+from lightx2v_nodes.wan.model import WanDiT  # noqa: E402
+
+WAN14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=16)
+TINY = synthetic.tiny_config("t2v", dim=256, layers=6, ffn_dim=512)
+
+
+def rss_gb() -> float:
+    return psutil.Process().memory_info().rss / 1e9
+
+
+def host_model(cfg: WanConfig, fmt: str, gen_device) -> WanDiT:
+    """Random weights made on `gen_device` (fast), kept in host memory; fp8 block linears quantized there too."""
+    with torch.device("meta"):
+        dit = WanDiT(**cfg.unet_config(), dtype=torch.bfloat16)
+    if fmt == "fp8":
+        install_quant_linears(dit, "fp8", "w8a8", bias_dtype=torch.bfloat16)
+    gen = torch.Generator(device=gen_device).manual_seed(0)
+    weights = {}
+    for key, shape in synthetic.parameter_shapes(cfg).items():
+        t = torch.randn(shape, generator=gen, device=gen_device)
+        t = t.mul_(shape[1] ** -0.5) if len(shape) == 2 else t.mul_(0.05).add_(1.0 if "norm" in key and key.endswith("weight") else 0.0)
+        if fmt == "fp8" and key.endswith(".weight") and is_block_linear(key[: -len(".weight")]):
+            q, scale = quantize_weight(t, "fp8")
+            weights[key], weights[key[: -len("weight")] + "weight_scale"] = q.cpu(), scale.cpu()
+        else:
+            weights[key] = t.to(torch.float32 if key.startswith("patch_embedding") else torch.bfloat16).cpu()
+        del t
+    dit.load_state_dict(weights, strict=True, assign=True)
+    return dit.requires_grad_(False)
+
+
+def inputs(shape, device, tiny):
+    width, height, frames = shape
+    latent = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(latent, generator=gen, device=device, dtype=torch.bfloat16)
+    context = torch.randn(1, 32 if tiny else 512, 4096, generator=gen, device=device, dtype=torch.bfloat16)
+    return x, torch.tensor([937.5], device=device), context
+
+
+def timed(model, args, runs, warmup, device):
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            sync()
+            start = time.perf_counter()
+            out = model(*args)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def bandwidth(device) -> dict:
+    if device.type != "cuda":
+        return {}
+    out = {}
+    for name, pin in (("pinned", True), ("pageable", False)):
+        host = torch.empty(GiB, dtype=torch.uint8, pin_memory=pin)
+        dst = torch.empty(GiB, dtype=torch.uint8, device=device)
+        dst.copy_(host, non_blocking=True)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(3):
+            dst.copy_(host, non_blocking=True)
+        torch.cuda.synchronize()
+        out[f"h2d_{name}_gbps"] = 3 * GiB / 1e9 / (time.perf_counter() - start)
+        del host, dst
+    return out
+
+
+def run_offloaded(dit, args, sizes, mode, budget, prefetch, runs, warmup, device, lazy_dir=None, rss_runs=0):
+    tokens = video_tokens(*args["shape"])
+    plan = plan_offload(sizes, budget, tokens, 1, mode, prefetch)
+    row = {"mode": plan.mode, "resident_blocks": plan.resident_blocks, "plan": plan.describe(), "lazy": bool(lazy_dir)}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(budget / torch.cuda.get_device_properties(device).total_memory)
+    scheduler = OffloadScheduler(dit, OffloadSettings(plan.mode if plan.mode != "none" else "block", plan.resident_blocks,
+                                                      prefetch, lazy_dir), device)
+    try:
+        scheduler.install()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        rss_before = rss_gb()
+        row["s_per_step"], out = timed(dit, args["tensors"], runs, warmup, device)
+        scheduler.finish()
+        row["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GiB if device.type == "cuda" else 0.0
+        for _ in range(rss_runs):
+            timed(dit, args["tensors"], 1, 0, device)
+            scheduler.finish()
+        row["rss_before_gb"], row["rss_after_gb"], row["rss_runs"] = rss_before, rss_gb(), runs + warmup + rss_runs
+        # One more step with CUDA-event timing of every copy and of the compute stream's waits.
+        scheduler.settings = OffloadSettings(**{**scheduler.settings.__dict__, "timing": True})
+        scheduler.streams.timing = True
+        timed(dit, args["tensors"], 1, 0, device)
+        summary = scheduler.finish() or {}
+        row.update({"copy_ms": summary.get("copy_ms", 0.0), "stall_ms": summary.get("stall_ms", 0.0),
+                    "copied_gb": summary.get("copied_bytes", 0) / 1e9})
+        row["copy_gbps"] = row["copied_gb"] / row["copy_ms"] * 1e3 if row["copy_ms"] else 0.0
+        row["hidden_fraction"] = 1 - row["stall_ms"] / row["copy_ms"] if row["copy_ms"] else 1.0
+        if lazy_dir:
+            row["disk_read_gb"] = scheduler.reader.bytes_read / 1e9
+    except torch.OutOfMemoryError as exc:
+        row["error"] = f"OOM: {str(exc).splitlines()[0]}"
+        out = None
+    finally:
+        scheduler.uninstall()
+        if device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(1.0)
+            torch.cuda.empty_cache()
+    return row, out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dtypes", default="bf16,fp8")
+    parser.add_argument("--shapes", default="480x832x81,720x1280x81", help="HxWxF; the second shape runs fp8 block only")
+    parser.add_argument("--modes", default="block,phase")
+    parser.add_argument("--budgets", default="bf16=12,fp8=8", help="VRAM cap in GiB per weight format")
+    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rss-runs", type=int, default=10, help="extra runs for the host-RAM check (first config)")
+    parser.add_argument("--lazy", action="store_true", help="also fp8 lazy mode from a per-block folder on disk")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run at a tiny shape")
+    args = parser.parse_args()
+
+    device = torch.device("cpu" if args.tiny else "cuda")
+    cfg = TINY if args.tiny else WAN14B
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    shapes = [(w, h, f) for h, w, f in shapes]  # given as HxWxF
+    if args.tiny:
+        shapes = [(64, 32, 9)]
+    budgets = {k: float(v) for k, v in (item.split("=") for item in args.budgets.split(","))}
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+              **bandwidth(device), "rows": []}
+    rss_done = False
+    for fmt in args.dtypes.split(","):
+        rss_start = rss_gb()
+        dit = host_model(cfg, fmt, device)
+        sizes = ModelSizes.of(dit)
+        print(f"{fmt}: host model built, RSS {rss_start:.1f} -> {rss_gb():.1f} GB; block {sizes.block_bytes / 1e9:.3f} GB, "
+              f"phase {sizes.phase_bytes / 1e9:.3f} GB, non-block {sizes.non_block_bytes / 1e9:.3f} GB", flush=True)
+        budget = int(budgets[fmt] * GiB)
+        if args.tiny:  # non-block + activations + room for two resident blocks, so every path runs
+            budget = plan_offload(sizes, 1 << 40, video_tokens(*shapes[0]), mode="block", resident_override=2).weights_bytes + \
+                plan_offload(sizes, 1 << 40, video_tokens(*shapes[0])).activation_bytes
+        for index, shape in enumerate(shapes):
+            if index > 0 and fmt != "fp8":
+                continue
+            tensors = inputs(shape, device, args.tiny)
+            common = {"dtype": fmt, "shape": "x".join(map(str, (shape[1], shape[0], shape[2]))), "budget_gib": budget / GiB}
+            dit.to(device)
+            resident_s, reference = timed(dit, tensors, args.runs, args.warmup, device)
+            resident_peak = torch.cuda.max_memory_allocated() / GiB if device.type == "cuda" else 0.0
+            dit.to("cpu")
+            result["rows"].append({**common, "mode": "resident", "s_per_step": resident_s, "peak_allocated_gib": resident_peak})
+            print(result["rows"][-1], flush=True)
+            modes = args.modes.split(",") if index == 0 else ["block"]
+            for mode in modes:
+                rss_runs = 0 if rss_done else args.rss_runs
+                rss_done = True
+                row, out = run_offloaded(dit, {"shape": shape, "tensors": tensors}, sizes, mode, budget, args.prefetch,
+                                         args.runs, args.warmup, device, rss_runs=rss_runs)
+                row.update(common, ratio_to_resident=row.get("s_per_step", float("nan")) / resident_s,
+                           equal_to_resident=bool(out is not None and torch.equal(out, reference)))
+                result["rows"].append(row)
+                print(row, flush=True)
+        if args.lazy and fmt == "fp8" or args.tiny:
+            result["rows"].append(lazy_row(dit, cfg, fmt, sizes, shapes[0], budget, args, device))
+            print(result["rows"][-1], flush=True)
+        del dit
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "offload.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nOffload, {result['device']}; H2D pinned {result.get('h2d_pinned_gbps', 0):.1f} GB/s, "
+          f"pageable {result.get('h2d_pageable_gbps', 0):.1f} GB/s; step = one forward at batch 1")
+    print(f"{'fmt':>4} {'shape':>11} {'mode':>8} {'lazy':>4} {'res':>3} {'s/step':>7} {'x res':>6} {'peak GiB':>8} "
+          f"{'cap':>4} {'copy ms':>8} {'stall ms':>8} {'GB/s':>5} {'RSS GB':>11} {'equal':>5}")
+    for r in result["rows"]:
+        rss = f"{r['rss_before_gb']:.1f}->{r['rss_after_gb']:.1f}" if "rss_before_gb" in r else ""
+        if "error" in r:
+            print(f"{r['dtype']:>4} {r['shape']:>11} {r['mode']:>8} {r['error']}")
+            continue
+        print(f"{r['dtype']:>4} {r['shape']:>11} {r['mode']:>8} {'yes' if r.get('lazy') else '':>4} "
+              f"{r.get('resident_blocks', '') if r['mode'] != 'resident' else '':>3} {r['s_per_step']:7.3f} "
+              f"{r.get('ratio_to_resident', 1.0 if r['mode'] == 'resident' else float('nan')):6.3f} {r['peak_allocated_gib']:8.2f} {r['budget_gib']:4.0f} "
+              f"{r.get('copy_ms', 0):8.1f} {r.get('stall_ms', 0):8.1f} {r.get('copy_gbps', 0):5.1f} {rss:>11} "
+              f"{str(r.get('equal_to_resident', '')):>5}")
+
+
+def write_block_folder(dit, folder):
+    """The model as a LightX2V per-block folder (each tensor in its own dtype: 8-bit weights + scales stay so)."""
+    groups = {}
+    for key, value in dit.state_dict().items():
+        name = f"block_{key.split('.')[1]}.safetensors" if key.startswith("blocks.") else NON_BLOCK_NAME
+        groups.setdefault(name, {})[key] = value.contiguous()
+    for name, tensors in groups.items():
+        save_file(tensors, os.path.join(folder, name))
+
+
+def lazy_row(dit, cfg, fmt, sizes, shape, budget, args, device):
+    """Block weights read from disk while running: host RSS should stay near the non-block weights + a few blocks."""
+    tensors = inputs(shape, device, args.tiny)
+    with torch.inference_mode():
+        reference = dit.to(device)(*tensors)
+    dit.to("cpu")
+    folder = tempfile.mkdtemp(dir=os.environ.get("TMPDIR"))
+    write_block_folder(dit, folder)
+    non_block = {k: v.clone() for k, v in dit.state_dict().items() if not k.startswith("blocks.")}
+    dit.to("meta")  # drop the eager host copy before measuring
+    gc.collect()
+    rss_start = rss_gb()
+    with torch.device("meta"):
+        lazy = WanDiT(**cfg.unet_config(), dtype=torch.bfloat16)
+    if fmt == "fp8":
+        install_quant_linears(lazy, "fp8", "w8a8", bias_dtype=torch.bfloat16)
+    lazy.load_state_dict(non_block, strict=False, assign=True)
+    row, out = run_offloaded(lazy, {"shape": shape, "tensors": tensors}, sizes, "block", budget, args.prefetch,
+                             args.runs, args.warmup, device, lazy_dir=folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    row.update(dtype=fmt, shape="x".join(map(str, (shape[1], shape[0], shape[2]))), budget_gib=budget / GiB,
+               equal_to_resident=bool(out is not None and torch.equal(out, reference)),
+               rss_model_gone_gb=rss_start, rss_lazy_peak_gb=max(rss_start, row.get("rss_after_gb", 0.0)),
+               block_gb=sizes.block_bytes / 1e9, non_block_gb=sizes.non_block_bytes / 1e9)
+    return row
+
+
+if __name__ == "__main__":
+    main()
