@@ -152,6 +152,12 @@ class TAEHV(nn.Module):
     def weight_device(self) -> torch.device:
         return self.decoder[1].weight.device
 
+    def _apply(self, fn, recurse=True):
+        # Moving or casting the module (ComfyUI offloading it, .to(...)) drops the fused copies of the
+        # weights, which would otherwise stay behind on the old device.
+        self._plans.clear()
+        return super()._apply(fn, recurse)
+
     def _plan(self, part: str) -> list:
         """The fused streaming layers for the current weights (rebuilt when weights move or change dtype)."""
         module = getattr(self, part)
