@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 
-
 def activation_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+
 
 # Which of a 3x3 kernel's taps land on each tap of the 2x2 low-resolution kernel, for output parity
 # 0 (rows 2i-1, 2i, 2i+1 -> small rows i-1, i, i) and parity 1 (rows 2i, 2i+1, 2i+2 -> i, i, i+1).
