@@ -2,7 +2,7 @@
 
 Optionally merges a LoRA first (in float32, per tensor, right before that tensor is quantized, so the merge
 costs no extra rounding), writes one file or LightX2V's per-block layout, and verifies the output by
-reading it back. The output uses the original Wan key names, as LightX2V's own converter writes them.
+reading it back. The source is read one tensor at a time (see source.py). The output uses the original Wan key names, as LightX2V's own converter writes them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from ..errors import LightX2VError
 from ..lora.files import read_lora_file
 from ..lora.mapping import plan_lora
 from ..lora.merge import merge_patch
-from ..wan.checkpoint import INDEX_NAME, NON_BLOCK_NAME, block_directory_files, is_block_directory, load_wan_checkpoint
+from ..wan.checkpoint import INDEX_NAME, NON_BLOCK_NAME, is_block_directory
 from ..wan.config import detect_config
-from .formats import FORMATS, SCALE_SUFFIX, detect_file_format, is_block_linear, normalize_quantized, quantize_weight
+from .formats import COMFY_MARKER, COMFY_SCALE_SUFFIX, FORMATS, SCALE_SUFFIX, is_block_linear, quantize_weight
+from .source import CheckpointSource
 
 log = logging.getLogger("lightx2v_nodes")
 NON_LINEAR_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -77,95 +78,142 @@ def _lora_patches(lora_path, shapes, strength):
 def convert_checkpoint(source: str, output: str, fmt: str, lora: str | None = None, lora_strength: float = 1.0,
                        save_by_block: bool = False, force: bool = False, non_linear_dtype: str = "bf16",
                        progress=None) -> ConversionReport:
-    """Convert; `progress(done, total)` is called per tensor. Raises LightX2VError on bad input."""
+    """Convert; `progress(done, total)` is called per tensor. Raises LightX2VError on bad input.
+
+    Tensors are read, merged and quantized one at a time, block by block: a per-block output is written
+    and verified block by block too, so its peak RAM is about one block; a single-file output holds the
+    8-bit model (half the bf16 size) until it is written.
+    """
     if fmt not in FORMATS:
         raise LightX2VError(f"Unknown format '{fmt}': use one of {', '.join(FORMATS)}.")
     _check_output_path(output, save_by_block, force)
-    state_dict, cfg, layout = load_wan_checkpoint(source)
-    already = detect_file_format(state_dict)
+    src = CheckpointSource(source)
+    already = [n for n in src.names() if n.endswith((SCALE_SUFFIX, COMFY_SCALE_SUFFIX)) or n == COMFY_MARKER] or src.eight_bit
     if already:
         raise LightX2VError(
-            f"'{os.path.basename(source)}' is already quantized ({already.replace('_', ' ')}); converting it again "
+            f"'{os.path.basename(source.rstrip('/'))}' is already quantized (e.g. '{already[0]}'); converting it again "
             "would add a second rounding. Convert the original bf16/fp16 model instead."
         )
-    source_bytes = sum(v.numel() * v.element_size() for v in state_dict.values())
-    patches, unmatched = _lora_patches(lora, {k: tuple(v.shape) for k, v in state_dict.items()}, lora_strength)
+    patches, unmatched = _lora_patches(lora, src.shapes, lora_strength)
     other_dtype = NON_LINEAR_DTYPES[non_linear_dtype]
-
-    out: dict[str, torch.Tensor] = {}
-    keys = list(state_dict)
-    quantized = 0
-    for i, key in enumerate(keys):
-        value = state_dict.pop(key)  # free each source tensor once converted
-        merged = value.float() if key in patches else value
-        for patch in patches.get(key, ()):
-            merged = merge_patch(merged, patch, lora_strength)
-        module = key[: -len(".weight")]
-        if key.endswith(".weight") and value.dim() == 2 and is_block_linear(module):
-            out[key], out[module + SCALE_SUFFIX] = quantize_weight(merged, fmt)
-            quantized += 1
-        else:
-            out[key] = merged.to(other_dtype).contiguous()
-        if progress:
-            progress(i + 1, len(keys))
-    _write(out, output, save_by_block, metadata={"lightx2v_quant": fmt, "source_layout": layout})
-    _verify(out, output, cfg)
-    return ConversionReport(output, fmt, cfg.variant, quantized, source_bytes,
-                            sum(v.numel() * v.element_size() for v in out.values()),
+    sink = _BlockFolderSink(output) if save_by_block else _SingleFileSink(output)
+    total, done, quantized, source_bytes = len(src.shapes), 0, 0, 0
+    try:
+        for group, names in _groups(src.names()):
+            tensors = {}
+            for key in names:
+                value = src.read(key)
+                source_bytes += value.numel() * value.element_size()
+                merged = value.float() if key in patches else value
+                for patch in patches.get(key, ()):
+                    merged = merge_patch(merged, patch, lora_strength)
+                module = key[: -len(".weight")]
+                if key.endswith(".weight") and value.dim() == 2 and is_block_linear(module):
+                    tensors[key], tensors[module + SCALE_SUFFIX] = quantize_weight(merged, fmt)
+                    quantized += 1
+                else:
+                    tensors[key] = merged.to(other_dtype).contiguous()
+                done += 1
+                if progress:
+                    progress(done, total)
+            sink.add(group, tensors, {"lightx2v_quant": fmt, "source_layout": src.layout})
+        shapes = sink.finish()
+    finally:
+        sink.discard()
+    if detect_config(shapes) != src.config:
+        raise LightX2VError(f"Verification failed: {output} does not read back as a {src.config.variant}.")
+    return ConversionReport(output, fmt, src.config.variant, quantized, source_bytes, sink.bytes_written,
                             sum(map(len, patches.values())), unmatched)
 
 
-def _write(tensors: dict[str, torch.Tensor], output: str, save_by_block: bool, metadata: dict) -> None:
-    """Write to a temporary sibling first and move it into place, so a failed run never leaves half a model."""
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    if not save_by_block:
-        fd, tmp = tempfile.mkstemp(suffix=".safetensors.part", dir=parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, output)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return
-    tmp = tempfile.mkdtemp(suffix=".part", dir=parent)
-    try:
-        groups: dict[str, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            name = f"block_{key.split('.')[1]}.safetensors" if key.startswith("blocks.") else NON_BLOCK_NAME
-            groups.setdefault(name, {})[key] = value
-        for name, group in groups.items():
-            save_file(group, os.path.join(tmp, name), metadata=metadata)
-        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
-                 "weight_map": {key: name for name, group in groups.items() for key in group}}
-        with open(os.path.join(tmp, INDEX_NAME), "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=1)
-        if os.path.isdir(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
-
-
-def _verify(expected: dict[str, torch.Tensor], output: str, cfg) -> None:
-    """Read the output back tensor by tensor: same keys, bit-identical values, detected as this model and format."""
-    files = [output] if os.path.isfile(output) else block_directory_files(output)
-    shapes = {}
-    for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                value, want = f.get_tensor(key), expected.get(key)
-                if want is None or value.dtype != want.dtype or not torch.equal(_bits(value), _bits(want)):
-                    raise LightX2VError(f"Verification failed: '{key}' in {file} differs from what was written. Disk full or faulty?")
-                shapes[key] = tuple(value.shape)
-    if shapes.keys() != expected.keys():
-        raise LightX2VError(f"Verification failed: {len(set(expected) - set(shapes))} tensors missing from {output}.")
-    if detect_config(shapes) != cfg or normalize_quantized(dict(expected))[1] is None:
-        raise LightX2VError(f"Verification failed: {output} does not read back as a quantized {cfg.variant}.")
+def _groups(names: list[str]):
+    """(output file name, keys) per block in block order, then everything else."""
+    blocks: dict[int, list[str]] = {}
+    rest = []
+    for name in names:
+        if name.startswith("blocks."):
+            blocks.setdefault(int(name.split(".")[1]), []).append(name)
+        else:
+            rest.append(name)
+    for i in sorted(blocks):
+        yield f"block_{i}.safetensors", blocks[i]
+    yield NON_BLOCK_NAME, rest
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
     """8-bit floats compared by their bytes (torch.equal has no float8 kernel on every build)."""
     return t.view(torch.uint8) if t.element_size() == 1 else t
+
+
+def _write_verified(tensors: dict[str, torch.Tensor], path: str, metadata: dict) -> dict[str, tuple]:
+    """save_file, then read every tensor back and compare bit for bit; returns the shapes written."""
+    save_file(tensors, path, metadata=metadata)
+    shapes = {}
+    with safe_open(path, framework="pt") as f:
+        if set(f.keys()) != set(tensors):
+            raise LightX2VError(f"Verification failed: {path} does not hold the tensors written. Disk full or faulty?")
+        for key in f.keys():
+            value = f.get_tensor(key)
+            if value.dtype != tensors[key].dtype or not torch.equal(_bits(value), _bits(tensors[key])):
+                raise LightX2VError(f"Verification failed: '{key}' in {path} differs from what was written. Disk full or faulty?")
+            shapes[key] = tuple(value.shape)
+    return shapes
+
+
+class _SingleFileSink:
+    """Collects everything, writes one file next to the target, verifies it, then moves it into place."""
+
+    def __init__(self, output: str):
+        self.output = output
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.metadata = {}
+        self.bytes_written = 0
+        parent = os.path.dirname(os.path.abspath(output))
+        os.makedirs(parent, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(suffix=".safetensors.part", dir=parent)
+        os.close(fd)
+
+    def add(self, group, tensors, metadata):
+        self.tensors.update(tensors)
+        self.metadata = metadata
+
+    def finish(self) -> dict[str, tuple]:
+        shapes = _write_verified(self.tensors, self.tmp, self.metadata)
+        self.bytes_written = sum(v.numel() * v.element_size() for v in self.tensors.values())
+        os.replace(self.tmp, self.output)
+        return shapes
+
+    def discard(self):
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+class _BlockFolderSink:
+    """Writes and verifies each block file as soon as the block is converted, in a temporary sibling folder."""
+
+    def __init__(self, output: str):
+        self.output = output
+        parent = os.path.dirname(os.path.abspath(output))
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(suffix=".part", dir=parent)
+        self.weight_map: dict[str, str] = {}
+        self.shapes: dict[str, tuple] = {}
+        self.bytes_written = 0
+
+    def add(self, group, tensors, metadata):
+        self.shapes.update(_write_verified(tensors, os.path.join(self.tmp, group), metadata))
+        self.weight_map.update({key: group for key in tensors})
+        self.bytes_written += sum(v.numel() * v.element_size() for v in tensors.values())
+
+    def finish(self) -> dict[str, tuple]:
+        index = {"metadata": {"total_size": self.bytes_written}, "weight_map": self.weight_map}
+        with open(os.path.join(self.tmp, INDEX_NAME), "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=1)
+        if os.path.isdir(self.output):
+            shutil.rmtree(self.output)
+        os.replace(self.tmp, self.output)
+        return self.shapes
+
+    def discard(self):
+        if os.path.isdir(self.tmp):
+            shutil.rmtree(self.tmp)
