@@ -253,3 +253,42 @@ def test_wrong_latents_and_missing_encoder_are_explained():
         wan21.encode(torch.zeros(1, 3, 5, 16, 16))
     with pytest.raises(LightX2VError, match="Unknown TAEHV mode"):
         wan21.decode(torch.zeros(1, 16, 1, 2, 2), mode="fast")
+
+
+def test_channels_last_layout_used_on_cuda_gives_the_same_frames(pair, monkeypatch):
+    """CUDA runs channels-last activations (other strides in the sub-pixel interleave); check that path here."""
+    from lightx2v_nodes.vae import stream_ops, taehv
+
+    ours, ref = pair
+    c = ours.latent_channels
+    latents = torch.randn(1, c, 3, *LATENT_HW[c], generator=torch.Generator().manual_seed(4))
+    ref.parallel = True
+    with torch.no_grad():
+        expected = ref.decode(latents).clamp(0, 1)
+    for module in (stream_ops, taehv):
+        monkeypatch.setattr(module, "activation_format", lambda device: torch.channels_last)
+    ours._plans.clear()
+    try:
+        for mode in DECODE_MODES:
+            assert rel(ours.decode(latents, mode=mode, chunk_mb=TINY_BUDGET_MB), expected) <= TOL, mode
+    finally:
+        ours._plans.clear()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_decode_matches_comfyui(pair):
+    ours, ref = pair
+    c = ours.latent_channels
+    latents = torch.randn(1, c, 5, 8, 12, generator=torch.Generator().manual_seed(6))
+    ref.parallel = True
+    with torch.no_grad():
+        expected = ref.decode(latents).clamp(0, 1)
+    ours.to("cuda")
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for mode in DECODE_MODES:
+                assert rel(ours.decode(latents, mode=mode).cpu(), expected) <= TOL, mode
+        half = checkpoint.build_taehv(master_weights(c), torch.float16, "cuda")
+        assert rel(half.decode(latents, mode="chunked").float().cpu(), expected) <= 1e-2
+    finally:
+        ours.to("cpu")
