@@ -53,10 +53,7 @@ def reference(comfy_nodes, tiny_files):
     return run.output("ks")["samples"]
 
 
-@pytest.mark.parametrize("settings", [
-    dict(mode="block", resident=0, prefetch=1), dict(mode="block", resident=2, prefetch=2),
-    dict(mode="phase", resident=0, prefetch=1), dict(mode="phase", resident=1, prefetch=3),
-])
+@pytest.mark.parametrize("settings", [dict(mode="block", resident=0, prefetch=2), dict(mode="phase", resident=1, prefetch=3)])
 def test_offload_prompt_equals_plain(tiny_files, reference, settings):
     run = sample({"m": loader(tiny_files[0]), "o": offload(["m", 0], **settings)}, ["o", 0])
     assert torch.equal(run.output("ks")["samples"], reference)
@@ -131,12 +128,13 @@ def test_lora_before_or_after_offload_equals_lora_alone(fp32_with_lora, lora_mod
     file, name = fp32_with_lora
     base = {"m": {"class_type": "LightX2VLoadWanDiT", "inputs": {"model_name": file, "dtype": "fp32", "attention": "auto"}}}
     expected = sample({**base, "l": lora(["m", 0], name, lora_mode)}, ["l", 0]).output("ks")["samples"]
-    plain = sample(base, ["m", 0]).output("ks")["samples"]
-    assert not torch.equal(expected, plain)  # the LoRA does something
     after = sample({**base, "o": offload(["m", 0], mode="phase"), "l": lora(["o", 0], name, lora_mode)}, ["l", 0])
-    before = sample({**base, "l": lora(["m", 0], name, lora_mode), "o": offload(["l", 0], mode="block", resident=1)}, ["o", 0])
     assert torch.equal(after.output("ks")["samples"], expected)
-    assert torch.equal(before.output("ks")["samples"], expected)
+    if lora_mode == "merge":
+        plain = sample(base, ["m", 0]).output("ks")["samples"]
+        assert not torch.equal(expected, plain)  # the LoRA does something
+        before = sample({**base, "l": lora(["m", 0], name, lora_mode), "o": offload(["l", 0], mode="block", resident=1)}, ["o", 0])
+        assert torch.equal(before.output("ks")["samples"], expected)
 
 
 def test_lazy_loading_from_the_block_folder_equals_eager(tiny_files, reference, traced):
@@ -146,6 +144,7 @@ def test_lazy_loading_from_the_block_folder_equals_eager(tiny_files, reference, 
     twin = run.output("o").model.diffusion_model
     source = run.output("m").model.diffusion_model
     assert twin is not source
+    assert source.blocks[0].ffn[0].weight.untyped_storage().nbytes() > 2  # the input MODEL keeps its weights
     weight = twin.blocks[0].ffn[0].weight
     assert weight.untyped_storage().nbytes() <= 2 and weight.shape == source.blocks[0].ffn[0].weight.shape  # on disk, not in RAM
     assert traced[-1].reader is not None and traced[-1].reader.bytes_read > 0

@@ -214,6 +214,9 @@ def make_plan(patcher, tokens: int, batch: int) -> Plan:
 def _outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
     guider = executor.class_obj
     patcher = guider.model_patcher
+    if not isinstance(patcher, OffloadModelPatcher):  # some node rebuilt the MODEL and kept only the wrapper
+        log.warning("LightX2V Offload: the sampled MODEL is no longer an offloading one; running without offload.")
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
     batch = noise.shape[0] * (1 if getattr(guider, "cfg", 1.0) == 1.0 else 2)
     plan = make_plan(patcher, latent_tokens(noise.shape), batch)
     if patcher.offload_plan != plan:
@@ -285,6 +288,7 @@ def _lazy_twin(model, folder: str):
                             f"{sorted(set(refs) ^ set(non_block))[:3]}. Use the folder the model was loaded from.")
     for key, ref in refs.items():  # from the file: the input model's copies may be on the GPU or LoRA-patched
         ref.point_to(non_block[key].to(dtype=ref.get().dtype))
+    _forget_load_state(base)
     for attr, value in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0), ("model_lowvram", False),
                         ("current_weight_patches_uuid", None), ("model_offload_buffer_memory", 0)):
         setattr(base, attr, value)
@@ -294,6 +298,19 @@ def _lazy_twin(model, folder: str):
     twin.backup, twin.object_patches_backup, twin.hook_backup, twin.pinned = {}, {}, {}, set()
     twin.size = 0
     return twin
+
+
+def _forget_load_state(base) -> None:
+    """The copy must not inherit what loading did to the source: patched flags, low-VRAM patches, scheduler gates."""
+    for module in base.modules():
+        state = module.__dict__
+        state.pop("comfy_patched_weights", None)
+        state.pop("phase_gate", None)
+        if "prev_comfy_cast_weights" in state:
+            module.comfy_cast_weights = state.pop("prev_comfy_cast_weights")
+        for attr in ("weight_function", "bias_function"):
+            if attr in state:
+                state[attr] = []
 
 
 def _placeholder_like(tensor):
