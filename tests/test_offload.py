@@ -146,12 +146,13 @@ def test_schedule_invariants(t2v, granularity, prefetch):
     assert {u for e in trace if e[0] == "compute" for u in [e[1]]} >= resident
 
 
-@pytest.mark.parametrize("granularity,resident", [("block", 0), ("phase", 0), ("block", 2), ("phase", 1)])
-def test_lazy_loading_equals_eager(tmp_path, t2v, granularity, resident):
+@pytest.mark.parametrize("granularity,resident,prefetch", [("block", 0, 1), ("phase", 0, 1), ("block", 2, 1), ("phase", 1, 2),
+                                                            ("phase", 0, 7), ("block", 0, 3)])
+def test_lazy_loading_equals_eager(tmp_path, t2v, granularity, resident, prefetch):
     _, sd, cfg, args, kwargs, expected = t2v
     folder = synthetic.write_checkpoint(sd, str(tmp_path / "blocks"), "blocks", "fp32")
     lazy, _, _ = build(blocks_on_meta=True)
-    scheduler = OffloadScheduler(lazy, OffloadSettings(granularity, resident, 1, lazy_dir=folder, disk_workers=2), "cpu")
+    scheduler = OffloadScheduler(lazy, OffloadSettings(granularity, resident, prefetch, lazy_dir=folder, disk_workers=2), "cpu")
     outs = run(lazy, args, kwargs, scheduler, times=3)
     assert all(torch.equal(out, expected) for out in outs)
     assert len(scheduler.reader.buffers) == 0  # closed; while running it held 3 block buffers, never the model

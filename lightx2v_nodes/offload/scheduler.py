@@ -115,7 +115,7 @@ class OffloadScheduler:
             if u.block >= self.first_resident:
                 flat = torch.empty(u.nbytes, dtype=torch.uint8, device=self.device)
                 views = u.views(flat, self.shapes[u.index])
-                self.streams.copy(views, self._sources(u))
+                self._copy(u, views, after=None)
                 for ref, view in zip(u.refs, views):
                     ref.point_to(view)
                 self.resident_storage.append(flat)
@@ -133,8 +133,10 @@ class OffloadScheduler:
         check_directory(self.settings.lazy_dir, len(self.dit.blocks), layouts)
         block_bytes = max(sum((int(torch.Size(sh).numel()) * dt.itemsize + 255) // 256 * 256 for sh, dt in lay.values())
                           for lay in layouts.values())
+        # Blocks held at once: the running one, those with units in flight, the one being read ahead.
+        per_block = 1 if self.settings.granularity == "block" else 3
         return LazyBlockReader(self.settings.lazy_dir, layouts, block_bytes, self.settings.disk_workers,
-                               host_slots=3, pin=self.device.type == "cuda")
+                               host_slots=self.settings.prefetch // per_block + 3, pin=self.device.type == "cuda")
 
     def _pin_host(self) -> None:
         for tensors in self.host:
@@ -223,15 +225,18 @@ class OffloadScheduler:
     def _issue(self, u: int) -> None:
         slot = self.free.pop(0)
         unit = self.units[u]
-        dsts = unit.views(slot.flat, self.shapes[u])
-        start, done = self.streams.copy(dsts, self._sources(unit), after=slot.free_after)
-        if self.reader is not None:
-            self.reader.copied_out(self.reader_slot_of[unit.block], done)
+        start, done = self._copy(unit, unit.views(slot.flat, self.shapes[u]), after=slot.free_after)
         self.in_flight[u] = (slot, done)
         if self.settings.timing:
             self.stats.append({"unit": unit.label, "copy": (start, done), "bytes": unit.nbytes})
         if self.trace is not None:
             self.trace.append(("copy", unit.label, slot.index))
+
+    def _copy(self, unit: Unit, dsts: list[torch.Tensor], after):
+        start, done = self.streams.copy(dsts, self._sources(unit), after=after)
+        if self.reader is not None:  # the host buffer is read until `done`: a later disk read into it waits
+            self.reader.copied_out(self.reader_slot_of[unit.block], done)
+        return start, done
 
     def _sources(self, unit: Unit) -> list[torch.Tensor]:
         if self.reader is None:
