@@ -192,7 +192,11 @@ def main():
             tensors = inputs(shape, device, args.tiny)
             common = {"dtype": fmt, "shape": "x".join(map(str, (shape[1], shape[0], shape[2]))), "budget_gib": budget / GiB}
             dit.to(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             resident_s, reference = timed(dit, tensors, args.runs, args.warmup, device)
+            if index == 0:
+                first_resident_s = resident_s
             resident_peak = torch.cuda.max_memory_allocated() / GiB if device.type == "cuda" else 0.0
             dit.to("cpu")
             result["rows"].append({**common, "mode": "resident", "s_per_step": resident_s, "peak_allocated_gib": resident_peak})
@@ -208,7 +212,7 @@ def main():
                 result["rows"].append(row)
                 print(row, flush=True)
         if args.lazy and fmt == "fp8" or args.tiny:
-            result["rows"].append(lazy_row(dit, cfg, fmt, sizes, shapes[0], budget, args, device))
+            result["rows"].append(lazy_row(dit, cfg, fmt, sizes, shapes[0], budget, args, device, first_resident_s))
             print(result["rows"][-1], flush=True)
         del dit
         if device.type == "cuda":
@@ -244,7 +248,7 @@ def write_block_folder(dit, folder):
         save_file(tensors, os.path.join(folder, name))
 
 
-def lazy_row(dit, cfg, fmt, sizes, shape, budget, args, device):
+def lazy_row(dit, cfg, fmt, sizes, shape, budget, args, device, resident_s):
     """Block weights read from disk while running: host RSS should stay near the non-block weights + a few blocks."""
     tensors = inputs(shape, device, args.tiny)
     with torch.inference_mode():
@@ -266,7 +270,7 @@ def lazy_row(dit, cfg, fmt, sizes, shape, budget, args, device):
     shutil.rmtree(folder, ignore_errors=True)
     row.update(dtype=fmt, shape="x".join(map(str, (shape[1], shape[0], shape[2]))), budget_gib=budget / GiB,
                equal_to_resident=bool(out is not None and torch.equal(out, reference)),
-               rss_model_gone_gb=rss_start, rss_lazy_peak_gb=max(rss_start, row.get("rss_after_gb", 0.0)),
+               ratio_to_resident=row.get("s_per_step", float("nan")) / resident_s, rss_model_gone_gb=rss_start, rss_lazy_peak_gb=max(rss_start, row.get("rss_after_gb", 0.0)),
                block_gb=sizes.block_bytes / 1e9, non_block_gb=sizes.non_block_bytes / 1e9)
     return row
 

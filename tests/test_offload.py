@@ -287,6 +287,17 @@ def test_model_sizes_of_a_dit(t2v):
     assert 0.3 < sizes.phase_bytes / sizes.block_bytes < 0.6  # FFN, the largest phase
 
 
+def test_page_locker_registers_each_page_once():
+    from lightx2v_nodes.offload.pinning import PageLocker
+
+    locker = PageLocker()
+    locker.ranges = [(0, 10), (20, 30)]
+    assert locker._gaps(5, 25) == [(10, 20)]
+    assert locker._gaps(0, 10) == []
+    assert locker._gaps(0, 40) == [(10, 20), (30, 40)]
+    assert locker._gaps(35, 40) == [(35, 40)]
+
+
 # ---- GPU ----
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -303,7 +314,7 @@ def test_gpu_equality_and_copy_stream(granularity):
     scheduler = OffloadScheduler(dit, OffloadSettings(granularity, 1, 1, timing=True), "cuda")
     scheduler.install()
     assert scheduler.streams.copy_stream != torch.cuda.current_stream()
-    assert all(p.is_pinned() for p in dit.blocks[0].parameters())
+    assert all(t.is_pinned() for tensors in scheduler.host for t in tensors) and scheduler.locker.failed == 0
     with torch.no_grad():
         out = dit(*[a.cuda() for a in args], **kwargs)
     summary = scheduler.finish()

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import LightX2VError
 from .lazy import LazyBlockReader, check_directory
+from .pinning import PageLocker
 from .streams import streams_for
 from .units import Unit, non_block_refs, release_meta, split_units
 
@@ -32,7 +33,7 @@ class OffloadSettings:
     prefetch: int = 1  # streamed units in flight ahead of the running one
     lazy_dir: str | None = None  # per-block folder to read block weights from (None: from host memory)
     disk_workers: int = 4
-    pin_host: bool = True  # page-lock host weights in place so copies run at full bandwidth (CUDA only)
+    pin_host: bool = True  # page-lock host weights in place (no copy) so copies run at full bandwidth (CUDA only)
     timing: bool = False  # per-unit copy/stall log (synchronizes at the end of each run)
 
     def check(self, num_blocks: int) -> None:
@@ -93,9 +94,12 @@ class OffloadScheduler:
         self.host = [[r.get().detach() for r in u.refs] for u in self.units]
         self.streams = streams_for(self.device, s.timing)
         self.reader = self._open_reader() if s.lazy_dir else None
-        self.registered: list[torch.Tensor] = []
+        self.locker = PageLocker()
         if self.reader is None and s.pin_host and self.device.type == "cuda":
-            self._pin_host()
+            for tensors in self.host:
+                for t in tensors:
+                    if t.device.type == "cpu":
+                        self.locker.lock(t)
         streamed = self.streamed
         self.order = [u.index for u in streamed]
         self.position = {u: i for i, u in enumerate(self.order)}
@@ -138,12 +142,6 @@ class OffloadScheduler:
         return LazyBlockReader(self.settings.lazy_dir, layouts, block_bytes, self.settings.disk_workers,
                                host_slots=self.settings.prefetch // per_block + 3, pin=self.device.type == "cuda")
 
-    def _pin_host(self) -> None:
-        for tensors in self.host:
-            for t in tensors:
-                if t.device.type == "cpu" and not t.is_pinned() and _register_in_place(t):
-                    self.registered.append(t)
-
     def _reset_flight(self) -> None:
         self.in_flight: dict[int, tuple[_Slot, object]] = {}  # unit -> (slot, copy-done event)
         self.free = list(self.slots)
@@ -164,9 +162,7 @@ class OffloadScheduler:
             block.__dict__.pop("phase_gate", None)
         if self.reader is not None:
             self.reader.close()
-        for t in self.registered:
-            torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
-        self.registered = []
+        self.locker.unlock_all()
         self.slots, self.resident_storage, self.non_block, self.in_flight, self.free = [], [], [], {}, []
         self.installed = False
 
@@ -279,10 +275,3 @@ class OffloadScheduler:
         self.stats = []
         return summary
 
-
-def _register_in_place(tensor: torch.Tensor) -> bool:
-    """Page-lock an existing host tensor (no copy). Kept registered for the life of the process's tensor."""
-    if not tensor.is_contiguous() or tensor.numel() == 0:
-        return False
-    result = torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), tensor.numel() * tensor.element_size(), 0)
-    return int(result) == 0
