@@ -8,7 +8,8 @@ A "step" is one DiT forward at batch 1 (a CFG step is two). Measured raw pinned/
 Writes JSON to $OUT or bench/results/offload.json and prints a table last.
 
   python bench/offload.py [--dtypes bf16,fp8] [--shapes 480x832x81,720x1280x81] [--modes block,phase]
-                          [--budgets bf16=12,fp8=8] [--runs 3] [--rss-runs 10] [--lazy] [--tiny]
+                          [--budgets bf16=12,fp8=8] [--prefetch block=1,phase=2] [--runs 3] [--rss-runs 10]
+                          [--lazy] [--tiny]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from safetensors.torch import save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from lightx2v_nodes.errors import LightX2VError  # noqa: E402
 from lightx2v_nodes.offload import OffloadScheduler, OffloadSettings  # noqa: E402
 from lightx2v_nodes.offload.planner import GiB, ModelSizes, plan_offload, video_tokens  # noqa: E402
 from lightx2v_nodes.quant import install_quant_linears  # noqa: E402
@@ -111,8 +113,12 @@ def bandwidth(device) -> dict:
 
 def run_offloaded(dit, args, sizes, mode, budget, prefetch, runs, warmup, device, lazy_dir=None, rss_runs=0):
     tokens = video_tokens(*args["shape"])
-    plan = plan_offload(sizes, budget, tokens, 1, mode, prefetch)
-    row = {"mode": plan.mode, "resident_blocks": plan.resident_blocks, "plan": plan.describe(), "lazy": bool(lazy_dir)}
+    try:
+        plan = plan_offload(sizes, budget, tokens, 1, mode, prefetch)
+    except LightX2VError as exc:
+        return {"mode": mode, "error": f"planner: {exc}"}, None
+    row = {"estimated_activation_gib": plan.activation_bytes / GiB, "mode": plan.mode, "resident_blocks": plan.resident_blocks, "prefetch": prefetch, "plan": plan.describe(),
+           "lazy": bool(lazy_dir)}
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(budget / torch.cuda.get_device_properties(device).total_memory)
@@ -122,10 +128,12 @@ def run_offloaded(dit, args, sizes, mode, budget, prefetch, runs, warmup, device
         scheduler.install()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+            row["weights_allocated_gib"] = torch.cuda.memory_allocated() / GiB  # + inputs and the reference output
         rss_before = rss_gb()
         row["s_per_step"], out = timed(dit, args["tensors"], runs, warmup, device)
         scheduler.finish()
         row["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GiB if device.type == "cuda" else 0.0
+        row["activation_gib"] = row["peak_allocated_gib"] - row.get("weights_allocated_gib", 0.0)
         for _ in range(rss_runs):
             timed(dit, args["tensors"], 1, 0, device)
             scheduler.finish()
@@ -158,7 +166,7 @@ def main():
     parser.add_argument("--shapes", default="480x832x81,720x1280x81", help="HxWxF; the second shape runs fp8 block only")
     parser.add_argument("--modes", default="block,phase")
     parser.add_argument("--budgets", default="bf16=12,fp8=8", help="VRAM cap in GiB per weight format")
-    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--prefetch", default="block=1,phase=2", help="prefetch depth per mode")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rss-runs", type=int, default=10, help="extra runs for the host-RAM check (first config)")
@@ -173,6 +181,7 @@ def main():
     if args.tiny:
         shapes = [(64, 32, 9)]
     budgets = {k: float(v) for k, v in (item.split("=") for item in args.budgets.split(","))}
+    prefetch = {k: int(v) for k, v in (item.split("=") for item in args.prefetch.split(","))}
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
               **bandwidth(device), "rows": []}
     rss_done = False
@@ -205,14 +214,15 @@ def main():
             for mode in modes:
                 rss_runs = 0 if rss_done else args.rss_runs
                 rss_done = True
-                row, out = run_offloaded(dit, {"shape": shape, "tensors": tensors}, sizes, mode, budget, args.prefetch,
+                row, out = run_offloaded(dit, {"shape": shape, "tensors": tensors}, sizes, mode, budget, prefetch[mode],
                                          args.runs, args.warmup, device, rss_runs=rss_runs)
                 row.update(common, ratio_to_resident=row.get("s_per_step", float("nan")) / resident_s,
                            equal_to_resident=bool(out is not None and torch.equal(out, reference)))
                 result["rows"].append(row)
                 print(row, flush=True)
         if args.lazy and fmt == "fp8" or args.tiny:
-            result["rows"].append(lazy_row(dit, cfg, fmt, sizes, shapes[0], budget, args, device, first_resident_s))
+            result["rows"].append(lazy_row(dit, cfg, fmt, sizes, shapes[0], budget, prefetch["block"], args, device,
+                                           first_resident_s))
             print(result["rows"][-1], flush=True)
         del dit
         if device.type == "cuda":
@@ -225,15 +235,17 @@ def main():
     print(f"\nOffload, {result['device']}; H2D pinned {result.get('h2d_pinned_gbps', 0):.1f} GB/s, "
           f"pageable {result.get('h2d_pageable_gbps', 0):.1f} GB/s; step = one forward at batch 1")
     print(f"{'fmt':>4} {'shape':>11} {'mode':>8} {'lazy':>4} {'res':>3} {'s/step':>7} {'x res':>6} {'peak GiB':>8} "
-          f"{'cap':>4} {'copy ms':>8} {'stall ms':>8} {'GB/s':>5} {'RSS GB':>11} {'equal':>5}")
+          f"{'cap':>4} {'act est/got':>11} {'copy ms':>8} {'stall ms':>8} {'GB/s':>5} {'RSS GB':>11} {'equal':>5}")
     for r in result["rows"]:
         rss = f"{r['rss_before_gb']:.1f}->{r['rss_after_gb']:.1f}" if "rss_before_gb" in r else ""
+        act = f"{r['estimated_activation_gib']:.2f}/{r['activation_gib']:.2f}" if "activation_gib" in r else ""
         if "error" in r:
             print(f"{r['dtype']:>4} {r['shape']:>11} {r['mode']:>8} {r['error']}")
             continue
         print(f"{r['dtype']:>4} {r['shape']:>11} {r['mode']:>8} {'yes' if r.get('lazy') else '':>4} "
               f"{r.get('resident_blocks', '') if r['mode'] != 'resident' else '':>3} {r['s_per_step']:7.3f} "
               f"{r.get('ratio_to_resident', 1.0 if r['mode'] == 'resident' else float('nan')):6.3f} {r['peak_allocated_gib']:8.2f} {r['budget_gib']:4.0f} "
+              f"{act:>11} "
               f"{r.get('copy_ms', 0):8.1f} {r.get('stall_ms', 0):8.1f} {r.get('copy_gbps', 0):5.1f} {rss:>11} "
               f"{str(r.get('equal_to_resident', '')):>5}")
 
@@ -248,7 +260,7 @@ def write_block_folder(dit, folder):
         save_file(tensors, os.path.join(folder, name))
 
 
-def lazy_row(dit, cfg, fmt, sizes, shape, budget, args, device, resident_s):
+def lazy_row(dit, cfg, fmt, sizes, shape, budget, prefetch, args, device, resident_s):
     """Block weights read from disk while running: host RSS should stay near the non-block weights + a few blocks."""
     tensors = inputs(shape, device, args.tiny)
     with torch.inference_mode():
@@ -265,7 +277,7 @@ def lazy_row(dit, cfg, fmt, sizes, shape, budget, args, device, resident_s):
     if fmt == "fp8":
         install_quant_linears(lazy, "fp8", "w8a8", bias_dtype=torch.bfloat16)
     lazy.load_state_dict(non_block, strict=False, assign=True)
-    row, out = run_offloaded(lazy, {"shape": shape, "tensors": tensors}, sizes, "block", budget, args.prefetch,
+    row, out = run_offloaded(lazy, {"shape": shape, "tensors": tensors}, sizes, "block", budget, prefetch,
                              args.runs, args.warmup, device, lazy_dir=folder)
     shutil.rmtree(folder, ignore_errors=True)
     row.update(dtype=fmt, shape="x".join(map(str, (shape[1], shape[0], shape[2]))), budget_gib=budget / GiB,

@@ -1,10 +1,10 @@
 """VRAM-budget planner: budget -> offload mode (none / block / phase) and how many blocks stay resident.
 
 Device memory of a run = non-block weights + resident blocks + (prefetch + 1) streaming slots (a block or
-a phase each) + activations. Activations are estimated for Wan at the run's token count: the peak is the
-self-attention phase (residual, modulated input, q, and k with its float32 RoPE temporaries: ~16 bytes per
-token and channel in bf16) or the FFN phase (residual, input, and two hidden tensors of ffn_dim), whichever
-is larger.
+a phase each) + activations. Activations are estimated for Wan at the run's token count from the tensors
+alive at each phase's peak (bytes per token, bf16): self-attention = the patch-embedding output and the
+residual stream (2 x dim each, alive through all blocks), the modulated input, q, and k with its two float32
+RoPE temporaries (2 + 2 + 2 + 8) x dim = 18 x dim; FFN = 6 x dim + two ffn_dim hidden tensors (4 x ffn_dim).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .units import non_block_refs, split_units, tensor_bytes, unit_bytes
 
 GiB = 1024 ** 3
 MODES = ("auto", "block", "phase", "none")
-ACTIVATION_MARGIN = 1.1  # allocator fragmentation and small temporaries
+ACTIVATION_MARGIN = 1.05  # allocator rounding and small temporaries (modulation, scales, attention statistics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ def video_tokens(width: int, height: int, frames: int) -> int:
 
 
 def activation_bytes(sizes: ModelSizes, tokens: int, batch: int = 1, dtype_bytes: int = 2) -> int:
-    per_token = max(16 * sizes.dim, 4 * sizes.dim + 4 * sizes.ffn_dim) * dtype_bytes // 2
+    per_token = max(18 * sizes.dim, 6 * sizes.dim + 4 * sizes.ffn_dim) * dtype_bytes // 2
     return int(per_token * tokens * batch * ACTIVATION_MARGIN)
 
 
