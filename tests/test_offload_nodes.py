@@ -216,3 +216,25 @@ def test_settings_errors(tiny_files, models_dir):
               "o": offload(["m", 0])}
     node, message = error_of(native, ["o", 0])
     assert node == "o" and "LightX2V Load Wan DiT" in message
+
+
+def test_plan_changes_between_runs_and_int8_model(tiny_files, reference):
+    """auto mode with a budget that fits everything, then one that does not: ComfyUI reloads under the new plan."""
+    import comfy.model_management as mm
+
+    from lightx2v_nodes.offload.planner import GiB
+
+    run = sample({"m": loader(tiny_files[0]), "o": offload(["m", 0], mode="auto", budget=1.0)}, ["o", 0])
+    patcher = run.output("o")
+    (comfy_offload,) = _pack_modules("offload.comfy_offload")
+    assert patcher.offload_plan.mode == "none" and torch.equal(run.output("ks")["samples"], reference)
+    assert comfy_offload.scheduler_of(patcher) is None
+    request = patcher.attachments["lightx2v_offload"]
+    sizes_total = mm.module_size(patcher.model)
+    patcher.set_attachments("lightx2v_offload", type(request)(**{**request.__dict__, "budget_gb": sizes_total * 0.6 / GiB}))
+    out = _ksample(patcher, run.output("c1"), run.output("c2"), run.output("lat"))
+    assert patcher.offload_plan.mode in ("block", "phase") and torch.equal(out, reference)
+    assert comfy_offload.scheduler_of(patcher).installed  # loaded again, streaming
+    q_plain = sample({"m": loader(tiny_files[0], "int8-weight-only")}, ["m", 0]).output("ks")["samples"]
+    q_off = sample({"m": loader(tiny_files[0], "int8-weight-only"), "o": offload(["m", 0], mode="phase", resident=0)}, ["o", 0])
+    assert torch.equal(q_off.output("ks")["samples"], q_plain)

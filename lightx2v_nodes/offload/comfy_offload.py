@@ -220,8 +220,10 @@ def _outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args,
     batch = noise.shape[0] * (1 if getattr(guider, "cfg", 1.0) == 1.0 else 2)
     plan = make_plan(patcher, latent_tokens(noise.shape), batch)
     if patcher.offload_plan != plan:
-        _uninstall(_dit_of(patcher))  # a new plan: ComfyUI reloads with the new size
+        # A new plan places the weights differently: a new patches UUID makes ComfyUI unpatch the model
+        # completely (weights back on the offload device) and load it again under the new size.
         patcher.offload_plan = plan
+        patcher.patches_uuid = uuid.uuid4()
     try:
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
     finally:
