@@ -267,11 +267,13 @@ class OffloadScheduler:
         self.streams.synchronize()
         copy_ms = [self.streams.elapsed_ms(*s["copy"]) for s in self.stats if "copy" in s]
         stall_ms = [self.streams.elapsed_ms(*s["stall"]) for s in self.stats if "stall" in s]
-        summary = {"copies": len(copy_ms), "copy_ms": sum(copy_ms), "stall_ms": sum(stall_ms),
-                   "copied_bytes": sum(s["bytes"] for s in self.stats if "copy" in s)}
+        per_unit = []
         for s in self.stats:
             kind = "copy" if "copy" in s else "stall"
-            log.debug("LightX2V offload: %-12s %s %.2f ms", s["unit"], kind, self.streams.elapsed_ms(*s[kind]))
+            per_unit.append((s["unit"], kind, self.streams.elapsed_ms(*s[kind])))
+            log.debug("LightX2V offload: %-12s %-5s %.2f ms", *per_unit[-1])
+        summary = {"copies": len(copy_ms), "copy_ms": sum(copy_ms), "stall_ms": sum(stall_ms),
+                   "copied_bytes": sum(s["bytes"] for s in self.stats if "copy" in s), "per_unit": per_unit}
         self.stats = []
         return summary
 
