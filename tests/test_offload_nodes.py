@@ -148,6 +148,10 @@ def test_lazy_loading_from_the_block_folder_equals_eager(tiny_files, reference, 
     weight = twin.blocks[0].ffn[0].weight
     assert weight.untyped_storage().nbytes() <= 2 and weight.shape == source.blocks[0].ffn[0].weight.shape  # on disk, not in RAM
     assert traced[-1].reader is not None and traced[-1].reader.bytes_read > 0
+    chained = sample({"m": loader(folder + "/"), "o": offload(["m", 0], mode="phase", resident=0, lazy=folder),
+                      "o2": offload(["o", 0], mode="block", resident=1, lazy=folder)}, ["o2", 0])
+    assert chained.output("o2").model is chained.output("o").model  # blocks already on disk: no second copy
+    assert torch.equal(chained.output("ks")["samples"], reference)
 
 
 def _ksample(model, positive, negative, latent, seed=3):

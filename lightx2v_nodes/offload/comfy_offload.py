@@ -248,7 +248,7 @@ def apply_offload(model, request: OffloadRequest):
                             f"use -1 (planner) or 0..{len(dit.blocks)}.")
     if request.mode == "none":
         return model.clone()
-    patched = _lazy_twin(model, request.lazy_dir) if request.lazy_dir else model.clone()
+    patched = _lazy_twin(model, request.lazy_dir) if request.lazy_dir and not blocks_on_disk(dit) else model.clone()
     patched.__class__ = OffloadModelPatcher
     patched.patches_uuid = uuid.uuid4()  # weights are placed differently from any plain clone
     patched.offload_plan = None
@@ -270,6 +270,11 @@ def resolve_block_folder(name: str) -> str:
             return path
     raise LightX2VError(f"lazy_load_dir '{name}' is not a LightX2V per-block folder (non_block.safetensors + "
                         "block_N.safetensors) in models/diffusion_models. Leave it empty to stream from RAM.")
+
+
+def blocks_on_disk(dit) -> bool:
+    """True when the block weights are already placeholders (a lazy twin, or a loader that skipped them)."""
+    return all(t.untyped_storage().nbytes() <= t.element_size() for t in dit.blocks.state_dict().values())
 
 
 def _lazy_twin(model, folder: str):
