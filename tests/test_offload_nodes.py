@@ -239,6 +239,9 @@ def test_plan_changes_between_runs_and_int8_model(tiny_files, reference):
     out = _ksample(patcher, run.output("c1"), run.output("c2"), run.output("lat"))
     assert patcher.offload_plan.mode in ("block", "phase") and torch.equal(out, reference)
     assert comfy_offload.scheduler_of(patcher).installed  # loaded again, streaming
+    off = sample({"m": loader(tiny_files[0]), "o": offload(["m", 0], mode="block"), "n": offload(["o", 0], mode="none")}, ["n", 0])
+    assert off.output("n").current_plan().mode == "none" and off.output("n").model_size() == sizes_total
+    assert torch.equal(off.output("ks")["samples"], reference)
     q_plain = sample({"m": loader(tiny_files[0], "int8-weight-only")}, ["m", 0]).output("ks")["samples"]
     q_off = sample({"m": loader(tiny_files[0], "int8-weight-only"), "o": offload(["m", 0], mode="phase", resident=0)}, ["o", 0])
     assert torch.equal(q_off.output("ks")["samples"], q_plain)

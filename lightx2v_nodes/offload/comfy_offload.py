@@ -99,8 +99,8 @@ class OffloadModelPatcher(comfy.model_patcher.ModelPatcher):
 
     def model_size(self):
         plan = self.current_plan()
-        if plan.mode == "none":
-            return super().model_size()
+        if plan.mode == "none":  # not the cached `size`: clones inherit it from a streaming parent
+            return comfy.model_management.module_size(self.model)
         return plan.weights_bytes
 
     def get_ram_usage(self):
@@ -246,7 +246,7 @@ def apply_offload(model, request: OffloadRequest):
     if request.resident_blocks > len(dit.blocks):
         raise LightX2VError(f"resident_blocks = {request.resident_blocks} but the model has {len(dit.blocks)} blocks: "
                             f"use -1 (planner) or 0..{len(dit.blocks)}.")
-    if request.mode == "none":
+    if request.mode == "none" and not isinstance(model, OffloadModelPatcher):
         return model.clone()
     patched = _lazy_twin(model, request.lazy_dir) if request.lazy_dir and not blocks_on_disk(dit) else model.clone()
     patched.__class__ = OffloadModelPatcher
