@@ -171,6 +171,13 @@ def test_lazy_folder_mismatch_is_a_clear_error(tmp_path, t2v):
         OffloadScheduler(int8, OffloadSettings("block", 0, 1, lazy_dir=folder), "cpu").install()
     with pytest.raises(LightX2VError, match="block_0.safetensors"):
         OffloadScheduler(build(blocks_on_meta=True)[0], OffloadSettings(lazy_dir=str(tmp_path)), "cpu").install()
+    good = synthetic.write_checkpoint(sd, str(tmp_path / "c"), "blocks", "fp32")
+    path = tmp_path / "c" / "block_1.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    model, _, cfg = build(blocks_on_meta=True)
+    args, kwargs = inputs(cfg)
+    with pytest.raises(LightX2VError, match="truncated"):
+        run(model, args, kwargs, OffloadScheduler(model, OffloadSettings("block", 0, 1, lazy_dir=good), "cpu"))
 
 
 def test_quantized_layers_and_side_branch_lora_stream(t2v):

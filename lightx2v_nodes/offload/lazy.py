@@ -83,6 +83,15 @@ def _as_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.view(torch.uint8).reshape(-1).numpy())
 
 
+def _read_fully(f, target: memoryview, path: str) -> None:
+    done = 0
+    while done < len(target):  # a raw read may return fewer bytes than asked
+        n = f.readinto(target[done:])
+        if not n:
+            raise LightX2VError(f"'{path}' is truncated: write the per-block folder again.")
+        done += n
+
+
 class LazyBlockReader:
     """Reads whole blocks into `host_slots` reusable host buffers; `get(b)` returns {key: tensor} for block b."""
 
@@ -118,12 +127,10 @@ class LazyBlockReader:
         with open(path, "rb", buffering=0) as f:
             f.seek(offset + start)
             if file_dtype == dst.dtype:
-                target = _as_bytes(dst)
-                if f.readinto(target) != end - start:
-                    raise LightX2VError(f"'{path}' is truncated: write the per-block folder again.")
+                _read_fully(f, _as_bytes(dst), path)
             else:  # a float file read into another float dtype (e.g. bf16 file, fp16 model)
                 raw = torch.empty(end - start, dtype=torch.uint8)
-                f.readinto(_as_bytes(raw))
+                _read_fully(f, _as_bytes(raw), path)
                 dst.copy_(raw.view(file_dtype).view(dst.shape))
         with self.lock:
             self.bytes_read += end - start
