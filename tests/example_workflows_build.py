@@ -22,23 +22,27 @@ NEGATIVE = "blurry, low quality, static, distorted, watermark, text"
 DOWNLOADS = f"""
 **Text encoder** `{TEXT_ENCODER}` -> `models/text_encoders/`
 **VAE** `{WAN_VAE}` -> `models/vae/` (both from Comfy-Org/Wan_2.1_ComfyUI_repackaged)
-**Tiny VAE (optional, much faster decode)** `taew2_1.safetensors` or `.pth` (madebyollin/taehv) -> `models/vae_approx/`;
-un-mute the LightX2V Tiny VAE branch (Ctrl+M) to use it.
+**Tiny VAE (much faster decode)** `taew2_1.safetensors` or `.pth` (madebyollin/taehv) -> `models/vae_approx/`;
+one of the two decode branches is muted: select its nodes and press Ctrl+M to switch.
 """
 
 
-def _text_to_video(name, title, dit, note, lora=None, sampler="4step", latent=(832, 480, 81), cache=None):
+def _text_to_video(name, title, dit, note, lora=None, sampler="4step", latent=(832, 480, 81), cache=None,
+                   quantization="auto", lora_mode="merge", offload=None, low_vram_decode=False):
     nodes = [
         ("note", "MarkdownNote", {"text": f"## {title}\n{note}\n{DOWNLOADS}"}, {"column": 0}),
         ("clip", "CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}),
         ("pos", "CLIPTextEncode", {"text": PROMPT, "clip": "clip.0"}, {"title": "Positive prompt"}),
         ("neg", "CLIPTextEncode", {"text": NEGATIVE, "clip": "clip.0"}, {"title": "Negative prompt"}),
-        ("dit", "LightX2VLoadWanDiT", {"model_name": dit, "dtype": "auto", "attention": "auto", "quantization": "auto"}),
+        ("dit", "LightX2VLoadWanDiT", {"model_name": dit, "dtype": "auto", "attention": "auto", "quantization": quantization}),
     ]
     model = "dit.0"
     if lora:
-        nodes.append(("lora", "LightX2VApplyLoRA", {"model": model, "lora_name": lora, "strength": 1.0, "mode": "merge"}))
+        nodes.append(("lora", "LightX2VApplyLoRA", {"model": model, "lora_name": lora, "strength": 1.0, "mode": lora_mode}))
         model = "lora.0"
+    if offload:
+        nodes.append(("offload", "LightX2VOffload", {"model": model, **offload}))
+        model = "offload.0"
     if cache:
         nodes.append(("cache", "LightX2VFeatureCache", {"model": model, **cache}))
         model = "cache.0"
@@ -52,17 +56,19 @@ def _text_to_video(name, title, dit, note, lora=None, sampler="4step", latent=(8
         nodes.append(("sampler", "KSampler", {
             "model": model, "positive": "pos.0", "negative": "neg.0", "latent_image": "latent.0", "seed": 42,
             "steps": 30, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1.0}))
-    nodes += _decode_and_save(name)
+    nodes += _decode_and_save(name, tiny_vae_first=low_vram_decode)
     return {"name": name, "nodes": nodes}
 
 
-def _decode_and_save(name, vae_source=None):
-    vae_nodes = [] if vae_source else [("vae", "VAELoader", {"vae_name": WAN_VAE})]
+def _decode_and_save(name, vae_source=None, tiny_vae_first=False):
+    """The full Wan VAE decode and a tiny-VAE decode; the second choice is muted (Ctrl+M toggles)."""
+    muted = {"mode": 2} if tiny_vae_first else {}
+    vae_nodes = [] if vae_source else [("vae", "VAELoader", {"vae_name": WAN_VAE}, muted)]
     return vae_nodes + [
-        ("decode", "VAEDecode", {"samples": "sampler.0", "vae": vae_source or "vae.0"}),
-        ("video", "CreateVideo", {"images": "decode.0", "fps": 16.0}),
-        ("save", "SaveVideo", {"video": "video.0", "filename_prefix": f"video/{name}", "format": "auto", "codec": "auto"}),
-    ] + _tiny_vae_branch(name, TINY_VAE, muted=True)
+        ("decode", "VAEDecode", {"samples": "sampler.0", "vae": vae_source or "vae.0"}, muted),
+        ("video", "CreateVideo", {"images": "decode.0", "fps": 16.0}, muted),
+        ("save", "SaveVideo", {"video": "video.0", "filename_prefix": f"video/{name}", "format": "auto", "codec": "auto"}, muted),
+    ] + _tiny_vae_branch(name, TINY_VAE, muted=not tiny_vae_first)
 
 
 def _tiny_vae_branch(name, vae_file, muted):
@@ -140,6 +146,19 @@ def specs() -> list[dict]:
                        distill_note.format(file="wan2.1_t2v_1.3B_lightx2v_4step.safetensors",
                                            repo="lightx2v/Wan2.1-T2V-1.3B-StepDistill-CfgDistill-Lightx2v"),
                        latent=(832, 480, 81)),
+        _text_to_video("wan2.1_t2v_14B_fp8_low_vram_4step", "Wan2.1 T2V 14B fp8 in ~8 GB of VRAM, 4 steps",
+                       "wan2.1_t2v_14B_bf16.safetensors",
+                       "For small GPUs: the 14B model quantized to fp8 on load (or load a converted fp8 file with "
+                       "quantization auto), the distill LoRA as a side branch (nothing to requantize while streaming), "
+                       "block weights streamed by LightX2V Offload within an 8 GB budget, and the tiny VAE for "
+                       "decoding (the full-VAE branch is muted). Needs about 32 GB of system RAM.\n"
+                       "**DiT** `wan2.1_t2v_14B_bf16.safetensors` -> `models/diffusion_models/`\n"
+                       "**LoRA** `Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors` -> `models/loras/`",
+                       lora="Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors", lora_mode="side-branch",
+                       quantization="fp8",
+                       offload={"mode": "auto", "vram_budget_gb": 8.0, "resident_blocks": -1, "prefetch": 1,
+                                "lazy_load_dir": "", "debug_timing": False},
+                       low_vram_decode=True),
         _text_to_video("wan2.1_t2v_14B_30step_feature_cache", "Wan2.1 T2V 14B, 30 steps with CFG + feature cache",
                        "wan2.1_t2v_14B_bf16.safetensors",
                        "A classic multi-step run (30 steps, cfg 5) where the LightX2V feature cache (TeaCache) skips "
