@@ -185,3 +185,21 @@ class ComfyServer:
                 return history[prompt_id]["status"]
             time.sleep(1)
         raise TimeoutError(f"prompt {prompt_id} did not finish:\n{self.log()[-3000:]}")
+
+
+def tiny_t2v_prompt(model_node: dict, patch_node: dict | None = None, seed=3, steps=3, cfg=2.0, sampler="euler") -> dict:
+    """API prompt: "1" loads the model, optional "6" patches it (its "model" input is wired to "1"), two synthetic
+    conditionings ("2" positive, "3" negative), a 32x32x5 empty latent ("4") and KSampler ("5")."""
+    prompt = {
+        "1": model_node,
+        "2": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 1, "tokens": 12, "dim": 4096}},
+        "3": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 2, "tokens": 12, "dim": 4096}},
+        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["6", 0] if patch_node else ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+            "latent_image": ["4", 0], "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler,
+            "scheduler": "simple", "denoise": 1.0}},
+    }
+    if patch_node:
+        prompt["6"] = {**patch_node, "inputs": {"model": ["1", 0], **patch_node["inputs"]}}
+    return prompt

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from harness import run_prompt
+from harness import run_prompt, tiny_t2v_prompt
 from lightx2v_nodes.wan import synthetic
 
 MODEL_NAME = "test_cache_tiny_t2v.safetensors"
@@ -43,20 +43,12 @@ def pack_log():
 
 
 def prompt(model_node, cache=None, steps=10, sampler="euler"):
-    p = {
-        "1": model_node,
-        "2": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 1, "tokens": 12, "dim": 4096}},
-        "3": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 2, "tokens": 12, "dim": 4096}},
-        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["6", 0] if cache else ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "seed": 3, "steps": steps, "cfg": 2.0, "sampler_name": sampler, "scheduler": "simple", "denoise": 1.0}},
-    }
+    node = None
     if cache:
-        inputs = {"model": ["1", 0], "method": "teacache", "threshold": -1.0, "start_percent": 0.0, "end_percent": 1.0,
-                  "cache_device": "gpu", "verbose": False}
-        p["6"] = {"class_type": "LightX2VFeatureCache", "inputs": {**inputs, **cache}}
-    return p
+        node = {"class_type": "LightX2VFeatureCache", "inputs": {
+            "method": "teacache", "threshold": -1.0, "start_percent": 0.0, "end_percent": 1.0, "cache_device": "gpu",
+            "verbose": False, **cache}}
+    return tiny_t2v_prompt(model_node, node, steps=steps, sampler=sampler)
 
 
 def ours(name):

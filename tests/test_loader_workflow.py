@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness import run_prompt
+from harness import run_prompt, tiny_t2v_prompt as t2v_prompt
 from lightx2v_nodes.wan import synthetic
 
 
@@ -13,18 +13,6 @@ def tiny_t2v(models_dir):
     name = "test_tiny_t2v_fp32.safetensors"
     synthetic.write_checkpoint(synthetic.random_state_dict(cfg, seed=1), str(models_dir / "diffusion_models" / name), "comfy", "fp32")
     return name
-
-
-def t2v_prompt(model_node: dict, seed=3, steps=3, cfg=2.0):
-    return {
-        "1": model_node,
-        "2": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 1, "tokens": 12, "dim": 4096}},
-        "3": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 2, "tokens": 12, "dim": 4096}},
-        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-    }
 
 
 def test_t2v_prompt_ours_equals_native(comfy_nodes, tiny_t2v):

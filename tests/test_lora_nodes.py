@@ -6,7 +6,7 @@ import uuid
 import pytest
 import torch
 
-from harness import PromptRun, _Server, run_prompt
+from harness import PromptRun, _Server, run_prompt, tiny_t2v_prompt
 from lightx2v_nodes.lora import synthetic
 from lightx2v_nodes.wan import synthetic as wan_synthetic
 from test_lora import expected_weights, rel_err
@@ -142,18 +142,7 @@ def test_native_lora_loader_on_our_model_equals_native_model(files, dtype):
 
 def sample_prompt(model_node, lora=None, seed=3):
     """T2V: model [-> LoRA] -> KSampler (3 euler steps, cfg 2) on a tiny latent."""
-    prompt = {
-        "1": model_node,
-        "2": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 1, "tokens": 12, "dim": 4096}},
-        "3": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 2, "tokens": 12, "dim": 4096}},
-        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["6", 0] if lora else ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "seed": seed, "steps": 3, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-    }
-    if lora:
-        prompt["6"] = lora
-    return prompt
+    return tiny_t2v_prompt(model_node, lora, seed=seed)
 
 
 OURS = {"class_type": "LightX2VLoadWanDiT", "inputs": {"model_name": "lora_test_t2v_fp32.safetensors", "dtype": "fp32", "attention": "auto"}}
