@@ -30,7 +30,7 @@ one of the two decode branches is muted: select its nodes and press Ctrl+M to sw
 def _text_to_video(name, title, dit, note, lora=None, sampler="4step", latent=(832, 480, 81), cache=None,
                    quantization="auto", lora_mode="merge", offload=None, low_vram_decode=False):
     nodes = [
-        ("note", "MarkdownNote", {"text": f"## {title}\n{note}\n{DOWNLOADS}"}, {"column": 0}),
+        ("note", "MarkdownNote", {"text": f"## {title}\n{note}\n{DOWNLOADS}"}),
         ("clip", "CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}),
         ("pos", "CLIPTextEncode", {"text": PROMPT, "clip": "clip.0"}, {"title": "Positive prompt"}),
         ("neg", "CLIPTextEncode", {"text": NEGATIVE, "clip": "clip.0"}, {"title": "Negative prompt"}),
@@ -111,7 +111,7 @@ def _demo():
             "video is noise, but every stage of a 4-step run executes (load, sample, tiny-VAE decode, save). Swap in real "
             "files with the other example workflows.")
     nodes = [
-        ("note", "MarkdownNote", {"text": note}, {"column": 0}),
+        ("note", "MarkdownNote", {"text": note}),
         ("dit", "LightX2VLoadWanDiT", {"model_name": "lightx2v_demo_t2v_tiny.safetensors", "dtype": "auto",
                                        "attention": "auto", "quantization": "auto"}),
         ("pos", "LightX2VSyntheticConditioning", {"seed": 1, "tokens": 16, "dim": 4096}, {"title": "Positive (synthetic)"}),

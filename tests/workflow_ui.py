@@ -74,7 +74,7 @@ def build_workflow(spec: dict, node_classes: dict) -> dict:
             text = values["text"]
             node["size"] = [440, 60 + 20 * sum(1 + len(line) // 55 for line in text.splitlines())]
             node["color"], node["bgcolor"] = "#432", "#653"
-            depth[key] = extra.get("column", 0)
+            depth[key] = -1  # notes get a column of their own, left of the graph
             nodes.append(node)
             continue
         cls = node_classes[node_type]
@@ -118,11 +118,11 @@ def build_workflow(spec: dict, node_classes: dict) -> dict:
 
 
 def _place(nodes, depth, key_of):
-    """Columns by link depth, stacked top to bottom."""
+    """Columns by link depth (notes left of everything), stacked top to bottom."""
     heights: dict[int, int] = {}
     for node in nodes:
-        column = depth[key_of[node["id"]]]
-        node["pos"] = [40 + 400 * column, heights.get(column, 40)]
+        column = depth[key_of[node["id"]]] + 1
+        node["pos"] = [40 + 480 * column, heights.get(column, 40)]
         heights[column] = node["pos"][1] + node["size"][1] + 60
 
 
