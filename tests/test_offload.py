@@ -294,15 +294,52 @@ def test_model_sizes_of_a_dit(t2v):
     assert 0.3 < sizes.phase_bytes / sizes.block_bytes < 0.6  # FFN, the largest phase
 
 
-def test_page_locker_registers_each_page_once():
-    from lightx2v_nodes.offload.pinning import PageLocker
+def test_streamed_blocks_move_into_one_packed_buffer_each():
+    """Each streamed block ends up in one host buffer, its units back to back, reused by later installs and
+    released when the module lets go of it; resident blocks are left where they are."""
+    import gc
 
-    locker = PageLocker()
-    locker.ranges = [(0, 10), (20, 30)]
-    assert locker._gaps(5, 25) == [(10, 20)]
-    assert locker._gaps(0, 10) == []
-    assert locker._gaps(0, 40) == [(10, 20), (30, 40)]
-    assert locker._gaps(35, 40) == [(35, 40)]
+    from lightx2v_nodes.offload import pinning
+
+    dit, _, cfg = build(seed=5)
+    args, kwargs = inputs(cfg)
+    expected = run(dit, args, kwargs, times=1)[0]
+    before = {k: v.clone() for k, v in dit.state_dict().items()}
+    resident_ptrs = [t.data_ptr() for t in dit.blocks[LAYERS - 1].state_dict().values()]
+    live = pinning.live_buffers()
+
+    def bases():
+        out = []
+        for block in dit.blocks:
+            storages = {t.untyped_storage().data_ptr() for t in block.state_dict().values()}
+            out.append(storages.pop() if len(storages) == 1 else None)
+        return out
+
+    scheduler = OffloadScheduler(dit, OffloadSettings("block", 1, 1), "cpu")
+    assert all(torch.equal(out, expected) for out in run(dit, args, kwargs, scheduler))
+    first = bases()
+    assert None not in first[:-1] and first[-1] is None  # streamed blocks packed, the resident one untouched
+    assert [t.data_ptr() for t in dit.blocks[LAYERS - 1].state_dict().values()] == resident_ptrs
+    assert pinning.live_buffers() == live + LAYERS - 1
+    assert all(torch.equal(before[k], v) for k, v in dit.state_dict().items())
+
+    scheduler = OffloadScheduler(dit, OffloadSettings("phase", 0, 2), "cpu")
+    scheduler.install()
+    for u in scheduler.units:  # a phase is a contiguous range of its block's buffer
+        assert scheduler.host_flat[u.index].data_ptr() == dit.blocks[u.block].modulation.data_ptr() + u.base
+    assert u.base > 0 and bases()[:-1] == first[:-1]  # block buffers reused: no copy
+    with torch.no_grad():
+        assert torch.equal(dit(*args, **kwargs), expected)
+    scheduler.uninstall()
+    assert pinning.live_buffers() == live + LAYERS
+
+    dit.blocks[0].to(torch.float64).to(torch.float32)  # the module lets go of block 0's buffer (as .to() does)
+    del scheduler
+    gc.collect()
+    assert pinning.live_buffers() == live + LAYERS - 1
+    scheduler = OffloadScheduler(dit, OffloadSettings("block", 0, 1), "cpu")
+    assert all(torch.equal(out, expected) for out in run(dit, args, kwargs, scheduler))
+    assert pinning.live_buffers() == live + LAYERS and bases()[1:] == [*first[1:-1], bases()[-1]]
 
 
 # ---- GPU ----
@@ -321,7 +358,9 @@ def test_gpu_equality_and_copy_stream(granularity):
     scheduler = OffloadScheduler(dit, OffloadSettings(granularity, 1, 1, timing=True), "cuda")
     scheduler.install()
     assert scheduler.streams.copy_stream != torch.cuda.current_stream()
-    assert all(t.is_pinned() for tensors in scheduler.host for t in tensors) and scheduler.locker.failed == 0
+    streamed = [u for u in scheduler.units if u.block < LAYERS - 1]
+    assert all(scheduler.host_flat[u.index].is_pinned() for u in streamed)  # one page-locked range per block
+    assert all(t.is_pinned() for u in streamed for t in scheduler.host[u.index])
     with torch.no_grad():
         out = dit(*[a.cuda() for a in args], **kwargs)
     summary = scheduler.finish()

@@ -11,8 +11,9 @@ How it cooperates with comfy.model_management (0.3.75):
   (text encoder, VAE) by that number, and `loaded_size()` reports the same after loading.
 - `load()` runs ComfyUI's own loader on the non-block modules only (`_load_list` leaves the blocks out),
   so their weights, LoRA patches and object patches are handled exactly as usual; the blocks stay on the
-  offload device, page-locked through ComfyUI's own pinning (accounted and undone on unpatch), and the
-  scheduler streams them. LoRA weight patches on block layers become ComfyUI LowVramPatch weight
+  offload device and the scheduler streams them. It moves each streamed block into one page-locked buffer
+  of its own (pinning.py says why not in place); ComfyUI's in-place pinning of block weights is undone
+  first, and ComfyUI never pins the new buffers (they already report is_pinned). LoRA weight patches on block layers become ComfyUI LowVramPatch weight
   functions, applied to the streamed copy on the GPU as in ComfyUI's low-VRAM mode, so the host weights
   are never rewritten and host RAM stays flat; side-branch LoRAs are forward hooks and need nothing.
 - `unpatch_model` / `detach` uninstall the scheduler first, so the module is plain again whenever another
@@ -133,12 +134,12 @@ class OffloadModelPatcher(comfy.model_patcher.ModelPatcher):
             if ref.get().device != torch.device(device_to):
                 ref.point_to(ref.get().to(device_to))
         plan, request = self.current_plan(), self.offload_request
-        settings = OffloadSettings(plan.mode, plan.resident_blocks, plan.prefetch, request.lazy_dir, timing=request.timing,
-                                   pin_host=False)
+        settings = OffloadSettings(plan.mode, plan.resident_blocks, plan.prefetch, request.lazy_dir, timing=request.timing)
         counter = self._patch_blocks_lowvram()
-        if request.lazy_dir is None:
-            for key in self._block_keys():
-                self.pin_weight_to_device(key)
+        # The scheduler moves streamed blocks into page-locked buffers of its own; block weights that ComfyUI
+        # locked in place (an earlier low-VRAM load of a clone) are unlocked first, while ComfyUI still holds them.
+        for key in [k for k in self.pinned if k.startswith(BLOCK_PREFIX)]:
+            self.unpin_weight(key)
         scheduler = OffloadScheduler(dit, settings, device_to, manage_non_block=False)
         scheduler.install()
         _installed[dit] = (id(self), scheduler)
@@ -151,9 +152,6 @@ class OffloadModelPatcher(comfy.model_patcher.ModelPatcher):
                      "copy (host weights stay untouched); LightX2V Apply LoRA in side-branch mode costs less per step.",
                      counter)
         return None
-
-    def _block_keys(self) -> list[str]:
-        return [k for k in self.model.state_dict() if k.startswith(BLOCK_PREFIX)]
 
     def _patch_blocks_lowvram(self) -> int:
         """Block weight patches (merged LoRAs) as ComfyUI low-VRAM patches, applied to the streamed copy."""

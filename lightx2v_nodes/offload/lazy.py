@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import LightX2VError
+from .pinning import host_buffer
 
 FILE_DTYPES = {
     "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
@@ -93,18 +94,21 @@ def _read_fully(f, target: memoryview, path: str) -> None:
 
 
 class LazyBlockReader:
-    """Reads whole blocks into `host_slots` reusable host buffers; `get(b)` returns {key: tensor} for block b."""
+    """Reads whole blocks into `host_slots` reusable host buffers; `get(b)` returns the slot holding block b.
+
+    A slot's bytes are packed in the order of `layouts[b]` (each tensor 256-byte aligned), the layout of the
+    block's device unit, so a unit is copied out of `buffers[slot]` in one piece.
+    """
 
     def __init__(self, directory: str, layouts: dict[int, dict[str, tuple[tuple, torch.dtype]]], block_bytes: int,
                  workers: int = 4, host_slots: int = 3, pin: bool = False):
         self.directory = directory
         self.layouts = layouts
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lightx2v-disk")
-        self.buffers = [torch.empty(block_bytes, dtype=torch.uint8, pin_memory=pin) for _ in range(max(2, host_slots))]
+        self.buffers = [host_buffer(block_bytes, pin) for _ in range(max(2, host_slots))]
         self.slot_block: list[int | None] = [None] * len(self.buffers)
         self.slot_ready: list = [None] * len(self.buffers)  # future list of the read into that slot
         self.slot_busy: list = [None] * len(self.buffers)  # event: last copy out of that slot
-        self.slot_tensors: list[dict] = [{} for _ in self.buffers]
         self.clock = 0
         self.slot_used = [0] * len(self.buffers)
         self.lock = threading.Lock()
@@ -149,7 +153,7 @@ class LazyBlockReader:
             entries, data_offset = read_header(path)
             views = self._views(slot, block)
             busy = self.slot_busy[slot]
-            self.slot_block[slot], self.slot_tensors[slot] = block, views
+            self.slot_block[slot] = block
             self.slot_ready[slot] = [self.pool.submit(self._read_tensor, path, data_offset, entries[k], v, busy)
                                      for k, v in views.items()]
             self.slot_busy[slot] = None
@@ -157,12 +161,12 @@ class LazyBlockReader:
         self.slot_used[slot] = self.clock
         return slot
 
-    def get(self, block: int, keep: set[int] = frozenset()) -> tuple[int, dict[str, torch.Tensor]]:
-        """Block `block`'s host tensors (waits for its read); the slot index is for `copied_out`."""
+    def get(self, block: int, keep: set[int] = frozenset()) -> int:
+        """The slot holding block `block`, once its read is done (the index is also for `copied_out`)."""
         slot = self.request(block, keep)
         for future in self.slot_ready[slot]:
             future.result()
-        return slot, self.slot_tensors[slot]
+        return slot
 
     def copied_out(self, slot: int, event) -> None:
         """The copy stream reads slot `slot` until `event` fires: a later read into it waits for that."""

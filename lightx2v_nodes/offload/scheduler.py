@@ -19,7 +19,7 @@ import torch
 
 from ..errors import LightX2VError
 from .lazy import LazyBlockReader, check_directory
-from .pinning import PageLocker
+from .pinning import pack
 from .streams import streams_for
 from .units import Unit, non_block_refs, release_meta, split_units
 
@@ -33,7 +33,7 @@ class OffloadSettings:
     prefetch: int = 1  # streamed units in flight ahead of the running one
     lazy_dir: str | None = None  # per-block folder to read block weights from (None: from host memory)
     disk_workers: int = 4
-    pin_host: bool = True  # page-lock host weights in place (no copy) so copies run at full bandwidth (CUDA only)
+    pin_host: bool = True  # pack each streamed block into one page-locked host buffer (locked on CUDA only)
     timing: bool = False  # per-unit copy/stall log (synchronizes at the end of each run)
 
     def check(self, num_blocks: int) -> None:
@@ -88,18 +88,18 @@ class OffloadScheduler:
             for u in self.units:
                 release_meta(u.refs)
         self.shapes = [[(r.get().shape, r.get().dtype) for r in u.refs] for u in self.units]
+        block_cursor: dict[int, int] = {}
         for u, sd in zip(self.units, self.shapes):
             u.layout(sd)
-        # What the module holds at rest: aliases of the storage, not the Parameter objects that get re-pointed.
-        self.host = [[r.get().detach() for r in u.refs] for u in self.units]
+            u.base = block_cursor.get(u.block, 0)
+            block_cursor[u.block] = u.base + u.nbytes
         self.streams = streams_for(self.device, s.timing)
         self.reader = self._open_reader() if s.lazy_dir else None
-        self.locker = PageLocker()
-        if self.reader is None and s.pin_host and self.device.type == "cuda":
-            for tensors in self.host:
-                for t in tensors:
-                    if t.device.type == "cpu":
-                        self.locker.lock(t)
+        self.host_flat: list[torch.Tensor | None] = [None] * len(self.units)  # a unit's packed host bytes
+        if self.reader is None and s.pin_host:
+            self._pack_streamed(block_cursor)
+        # What the module holds at rest: aliases of the storage, not the Parameter objects that get re-pointed.
+        self.host = [[r.get().detach() for r in u.refs] for u in self.units]
         streamed = self.streamed
         self.order = [u.index for u in streamed]
         self.position = {u: i for i, u in enumerate(self.order)}
@@ -118,9 +118,8 @@ class OffloadScheduler:
         for u in self.units:
             if u.block >= self.first_resident:
                 flat = torch.empty(u.nbytes, dtype=torch.uint8, device=self.device)
-                views = u.views(flat, self.shapes[u.index])
-                self._copy(u, views, after=None)
-                for ref, view in zip(u.refs, views):
+                self._copy(u, flat, after=None)
+                for ref, view in zip(u.refs, u.views(flat, self.shapes[u.index])):
                     ref.point_to(view)
                 self.resident_storage.append(flat)
         self.stats = []
@@ -128,6 +127,23 @@ class OffloadScheduler:
             block.phase_gate = functools.partial(self.gate, b)
         self.streams.synchronize()
         self.installed = True
+
+    def _pack_streamed(self, block_bytes: dict[int, int]) -> None:
+        """Each streamed block's host tensors into one buffer laid out like the slots (page-locked on CUDA)."""
+        pin = self.device.type == "cuda"
+        unlocked = 0
+        for block in range(self.first_resident):
+            units = [u for u in self.units if u.block == block]
+            refs = [r for u in units for r in u.refs]
+            flat, locked = pack(refs, [u.base + off for u in units for off in u.offsets], block_bytes[block], pin)
+            if flat is None:  # not plain host tensors (already on the device, say): copied tensor by tensor
+                continue
+            unlocked += pin and not locked
+            for u in units:
+                self.host_flat[u.index] = flat[u.base:u.base + u.nbytes]
+        if unlocked:
+            log.warning("LightX2V offload: %d host blocks could not be page-locked (cudaHostRegister refused); they "
+                        "are copied at pageable speed and copies will not hide under compute.", unlocked)
 
     def _open_reader(self) -> LazyBlockReader:
         layouts: dict[int, dict] = {}
@@ -162,8 +178,8 @@ class OffloadScheduler:
             block.__dict__.pop("phase_gate", None)
         if self.reader is not None:
             self.reader.close()
-        self.locker.unlock_all()
         self.slots, self.resident_storage, self.non_block, self.in_flight, self.free = [], [], [], {}, []
+        self.host, self.host_flat = [], []  # the module alone keeps the host buffers alive now
         self.installed = False
 
     # ---- the schedule ----
@@ -221,28 +237,33 @@ class OffloadScheduler:
     def _issue(self, u: int) -> None:
         slot = self.free.pop(0)
         unit = self.units[u]
-        start, done = self._copy(unit, unit.views(slot.flat, self.shapes[u]), after=slot.free_after)
+        start, done = self._copy(unit, slot.flat[:unit.nbytes], after=slot.free_after)
         self.in_flight[u] = (slot, done)
         if self.settings.timing:
             self.stats.append({"unit": unit.label, "copy": (start, done), "bytes": unit.nbytes})
         if self.trace is not None:
             self.trace.append(("copy", unit.label, slot.index))
 
-    def _copy(self, unit: Unit, dsts: list[torch.Tensor], after):
-        start, done = self.streams.copy(dsts, self._sources(unit), after=after)
+    def _copy(self, unit: Unit, flat: torch.Tensor, after):
+        """Copy `unit` into the device bytes `flat`: one copy from packed host bytes, else tensor by tensor."""
+        source = self._source(unit)
+        if source is not None:
+            start, done = self.streams.copy([flat], [source], after=after)
+        else:
+            start, done = self.streams.copy(unit.views(flat, self.shapes[unit.index]), self.host[unit.index], after=after)
         if self.reader is not None:  # the host buffer is read until `done`: a later disk read into it waits
             self.reader.copied_out(self.reader_slot_of[unit.block], done)
         return start, done
 
-    def _sources(self, unit: Unit) -> list[torch.Tensor]:
+    def _source(self, unit: Unit) -> torch.Tensor | None:
         if self.reader is None:
-            return self.host[unit.index]
-        slot, tensors = self.reader.get(unit.block, keep=self._blocks_in_flight())
+            return self.host_flat[unit.index]
+        slot = self.reader.get(unit.block, keep=self._blocks_in_flight())
         self.reader_slot_of[unit.block] = slot
         following = self._next_streamed(unit.index + self.units_per_block - 1 - (unit.phase or 0))
         if following in self.position:
             self.reader.request(self.units[following].block, keep={unit.block})  # one block ahead
-        return [tensors[r.key] for r in unit.refs]
+        return self.reader.buffers[slot][unit.base:unit.base + unit.nbytes]  # packed like the unit's slot
 
     def _blocks_in_flight(self) -> set[int]:
         blocks = {self.units[u].block for u in self.in_flight}

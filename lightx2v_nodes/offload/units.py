@@ -67,6 +67,7 @@ class Unit:
     refs: list[TensorRef]
     offsets: list[int] = dataclasses.field(default_factory=list)
     nbytes: int = 0  # packed size with alignment
+    base: int = 0  # where this unit starts inside its block's packed bytes (phases follow each other)
 
     @property
     def label(self) -> str:
@@ -113,25 +114,36 @@ def _refs_of(modules: list[tuple[str, nn.Module]], own_only: set[int]) -> list[T
 
 
 def split_units(dit: nn.Module, granularity: str) -> list[Unit]:
-    """The DiT's blocks as units in execution order (block i, or block i phases 0, 1, 2)."""
+    """The DiT's blocks as units in execution order (block i, or block i phases 0, 1, 2).
+
+    A whole block lists its tensors phase by phase, so its packed layout is its three phase layouts back to
+    back: one host buffer per block serves both granularities, each unit being one contiguous byte range.
+    """
     if granularity not in GRANULARITIES:
         raise LightX2VError(f"Unknown offload granularity '{granularity}': use one of {', '.join(GRANULARITIES)}.")
     units = []
     for b, block in enumerate(dit.blocks):
-        prefix = f"blocks.{b}"
+        phases = _phase_refs(f"blocks.{b}", block)
         if granularity == "block":
-            units.append(Unit(len(units), b, None, _refs_of([(prefix, block)], set())))
-            continue
-        children = dict(block.named_children())
-        assigned = {name for phase in PHASE_CHILDREN for name in phase}
-        extra = sorted(set(children) - assigned)
-        for p, names in enumerate(PHASE_CHILDREN):
-            parts = [(f"{prefix}.{n}", children[n]) for n in names]
-            if p == 0:
-                # The block's own tensors (modulation), plus any child this split does not know, run first.
-                parts = [(prefix, block)] + parts + [(f"{prefix}.{n}", children[n]) for n in extra]
-            units.append(Unit(len(units), b, p, _refs_of(parts, {id(block)} if p == 0 else set())))
+            units.append(Unit(len(units), b, None, [ref for refs in phases for ref in refs]))
+        else:
+            first = len(units)
+            units.extend(Unit(first + p, b, p, refs) for p, refs in enumerate(phases))
     return units
+
+
+def _phase_refs(prefix: str, block: nn.Module) -> list[list[TensorRef]]:
+    children = dict(block.named_children())
+    assigned = {name for phase in PHASE_CHILDREN for name in phase}
+    extra = sorted(set(children) - assigned)
+    phases = []
+    for p, names in enumerate(PHASE_CHILDREN):
+        parts = [(f"{prefix}.{n}", children[n]) for n in names]
+        if p == 0:
+            # The block's own tensors (modulation), plus any child this split does not know, run first.
+            parts = [(prefix, block)] + parts + [(f"{prefix}.{n}", children[n]) for n in extra]
+        phases.append(_refs_of(parts, {id(block)} if p == 0 else set()))
+    return phases
 
 
 def non_block_refs(dit: nn.Module) -> list[TensorRef]:
