@@ -2,9 +2,13 @@
 
 Full size: 1.3B and 14B T2V at 480x832x81 (latent 21x60x104, 32,760 tokens), bf16, text context 512 tokens.
 Both models share the same weight tensors (one copy in VRAM). Prints s/forward (median of --runs after
---warmup), peak VRAM during the forward and the ratio native/ours. Writes JSON to $OUT or bench/results/.
+--warmup), peak VRAM during the forward and the ratio native/ours. With --quant, our DiT is also run with
+its block linears quantized (fp8/int8 W8A8, lightx2v_nodes.quant) against the same native bf16 time. With
+--compile, our DiT is also run with torch.compile'd block phases (lightx2v_nodes.wan.compile), in bf16 and in
+each --quant format: rows `<attn>+compile` and `<attn>+compile+<fmt>`; `compile_s` is the first (compiling)
+call. Writes JSON to $OUT or bench/results/.
 
-  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends sdpa,sage] [--tiny]
+  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends sdpa,sage] [--quant fp8,int8] [--compile] [--tiny]
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from lightx2v_nodes.quant import quantize_dit_  # noqa: E402
 from lightx2v_nodes.wan import synthetic  # noqa: E402
+from lightx2v_nodes.wan.compile import CompileSettings, compile_blocks  # noqa: E402
 from lightx2v_nodes.wan.config import WanConfig  # noqa: E402
 from lightx2v_nodes.wan.model import WanDiT  # noqa: E402
 
@@ -77,11 +83,46 @@ def time_forward(model, inputs, warmup, runs, device):
     return statistics.median(times), peak / 2**30, (peak - base) / 2**30, out
 
 
+def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dtype):
+    """Our DiT with compiled block phases, bf16 and each --quant format, against the native bf16 time."""
+    base = next(r for r in rows if r["size"] == size and "+" not in r["backend"])
+    backend = "aot_eager" if args.tiny else "inductor"  # --tiny checks the code path without C++ codegen
+    result = []
+    for fmt in [None] + list(filter(None, args.quant.split(","))):
+        torch._dynamo.reset()  # each variant compiles its own graphs; none evicts another's cache entries
+        with torch.device("meta"):
+            model = WanDiT(**cfg.unet_config(), dtype=dtype, attention_backend=base["backend"])
+        model.load_state_dict(weights, strict=True, assign=True)
+        if fmt:
+            quantize_dit_(model, fmt)
+        phases = compile_blocks(model, CompileSettings(backend=backend))
+        if phases is None:
+            print(f"skip compile: unavailable on {device}")
+            return result
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model(*inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        compile_s = time.perf_counter() - start
+        s_c, peak_c, act_c, out_c = time_forward(model, inputs, args.warmup, args.runs, device)
+        result.append({"size": size, "backend": f"{base['backend']}+compile" + (f"+{fmt}" if fmt else ""),
+                       "native_s": base["native_s"], "ours_s": s_c, "speedup": base["native_s"] / s_c,
+                       "native_peak_gib": base["native_peak_gib"], "ours_peak_gib": peak_c,
+                       "native_activation_gib": base["native_activation_gib"], "ours_activation_gib": act_c,
+                       "rel_err": ((out_c.float() - out_native.float()).norm() / out_native.float().norm()).item(),
+                       "compile_s": compile_s, "compile_failed": phases.failed})
+        del model, phases
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--comfyui", default=os.path.join(ROOT, ".comfyui"))
     parser.add_argument("--sizes", default="1.3B,14B")
     parser.add_argument("--backends", default="sdpa,sage")
+    parser.add_argument("--quant", default="", help="comma list of fp8,int8: also time our DiT quantized (first backend)")
+    parser.add_argument("--compile", action="store_true", help="also time our DiT with torch.compile'd blocks (first backend)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at a tiny shape")
@@ -122,6 +163,25 @@ def main():
             rows.append({"size": size, "backend": backend, "native_s": s_native, "ours_s": s_ours,
                          "speedup": s_native / s_ours, "native_peak_gib": peak_native, "ours_peak_gib": peak_ours,
                          "native_activation_gib": act_native, "ours_activation_gib": act_ours, "rel_err": rel})
+        for fmt in filter(None, args.quant.split(",")):
+            row = next((r for r in rows if r["size"] == size), None)
+            if row is None:
+                continue
+            with torch.device("meta"):
+                quant = WanDiT(**cfg.unet_config(), dtype=dtype, attention_backend=row["backend"])
+            quant.load_state_dict(weights, strict=True, assign=True)
+            quantize_dit_(quant, fmt)  # new 8-bit tensors; the bf16 ones stay shared with the native model
+            weight_gib = sum(t.numel() * t.element_size() for t in quant.state_dict().values()) / 2**30
+            s_q, peak_q, act_q, out_q = time_forward(quant, (x, t, context), args.warmup, args.runs, device)
+            cos = torch.nn.functional.cosine_similarity(out_q.float().flatten(), out_native.float().flatten(), dim=0).item()
+            rows.append({"size": size, "backend": f"{row['backend']}+{fmt}", "native_s": row["native_s"], "ours_s": s_q,
+                         "speedup": row["native_s"] / s_q, "native_peak_gib": row["native_peak_gib"], "ours_peak_gib": peak_q,
+                         "native_activation_gib": row["native_activation_gib"], "ours_activation_gib": act_q,
+                         "rel_err": ((out_q.float() - out_native.float()).norm() / out_native.float().norm()).item(),
+                         "cosine_vs_native": cos, "ours_weight_gib": weight_gib})
+            del quant
+        if args.compile and rows:
+            rows += compiled_rows(args, cfg, size, weights, (x, t, context), out_native, rows, device, dtype)
         del native, ours, weights
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -6,6 +6,9 @@ Shapes (480x832x81 -> 32,760 video tokens; text context 512 tokens, CLIP image c
 Backends: bf16 (F.linear), fp8 scaled_mm / triton / weight-only, int8 int_mm / triton / weight-only, each
 including the per-token activation quantization; `*-gemm` rows time the matmul alone (activations already
 quantized), `act-quant` the quantization alone. Cosine vs the bf16 output is reported for every backend.
+`fp8 triton` adds each K-tile's partial sum into float32 (the default); `fp8 triton (fast acc)` lets Hopper's
+fp8 tensor cores accumulate all of K in their reduced-precision accumulator. The accumulation table (GPU)
+gives each fp8 GEMM's error against a float64 reference, as a fraction of the sum of absolute products.
 Median of --runs after --warmup, CUDA events. The per-block line sums one block's linears (T2V).
 Writes JSON to $OUT or bench/results/quant_linear.json; prints the table last.
 
@@ -56,11 +59,17 @@ TINY_SHAPES = {
     "ffn.2 512->256": (96, 512, 256, 1),
     "cross k/v (24 tok)": (24, 256, 256, 2),
 }
+def triton_fast_accumulation(x, weight, scale, bias):
+    xq, sx = kernels.quantize_per_token(x, weight.dtype)
+    return kernels.scaled_gemm(xq, sx, weight, scale, bias, out_dtype=x.dtype, fp8_promote=False)
+
+
 # backend name -> (format, function of (x, weight, scale, bias), needs CUDA)
 BACKENDS = {
     "bf16": (None, None, False),
     "fp8 scaled_mm": ("fp8", backends.scaled_mm, True),
     "fp8 triton": ("fp8", backends.triton, True),
+    "fp8 triton (fast acc)": ("fp8", triton_fast_accumulation, True),
     "fp8 weight-only": ("fp8", backends.weight_only, False),
     "int8 int_mm": ("int8", backends.int_mm, True),
     "int8 triton": ("int8", backends.triton, True),
@@ -146,7 +155,7 @@ def bench_shape(label, m, k, n, names, device, measure, warmup, runs):
             t_bf16 = seconds
         rows.append({"shape": label, "backend": name, "tokens": m, "in": k, "out": n, "ms": seconds * 1e3,
                      "tflops": flop / seconds / 1e12, "cosine_vs_bf16": cosine(out, reference_out)})
-        if fn in (backends.scaled_mm, backends.int_mm) or (fn is backends.triton):
+        if fn in (backends.scaled_mm, backends.int_mm, backends.triton, triton_fast_accumulation):
             rows.extend(gemm_only_rows(label, name, x, wq, sw, bias, flop, measure, warmup, runs))
     for row in rows:
         if "ms" in row and t_bf16:
@@ -163,15 +172,40 @@ def gemm_only_rows(label, name, x, wq, sw, bias, flop, measure, warmup, runs):
     elif "int_mm" in name:
         gemm = lambda: torch._int_mm(xq, wq.t())  # noqa: E731
     else:
-        gemm = lambda: kernels.scaled_gemm(xq, sx, wq, sw, bias, out_dtype=torch.bfloat16)  # noqa: E731
+        promote = "fast acc" not in name
+        gemm = lambda: kernels.scaled_gemm(xq, sx, wq, sw, bias, out_dtype=torch.bfloat16, fp8_promote=promote)  # noqa: E731
     rows = []
     seconds = measure(gemm, warmup, runs)
     rows.append({"shape": label, "backend": name + " (gemm only)", "ms": seconds * 1e3, "tflops": flop / seconds / 1e12})
-    if kernels.TRITON_AVAILABLE and "triton" in name:
+    if kernels.TRITON_AVAILABLE and "triton" in name and "fast acc" not in name:
         quant = lambda: kernels.quantize_per_token(x, qdtype)  # noqa: E731
         seconds = measure(quant, warmup, runs)
         rows.append({"shape": label, "backend": name.split()[0] + " act-quant (triton)", "ms": seconds * 1e3,
                      "gb_per_s": x.numel() * (x.element_size() + 1) / seconds / 1e9})
+    return rows
+
+
+def accumulation_errors(device, m=1024, n=1024, ks=(5120, 13824)):
+    """fp8 GEMM error vs float64, as a fraction of sum_k |x_k w_k| (max over outputs) and relative norm."""
+    gen = torch.Generator(device=device).manual_seed(2)
+    rows = []
+    for k in ks:
+        x = torch.randn(m, k, generator=gen, device=device) * torch.exp(torch.randn(m, k, generator=gen, device=device))
+        w = torch.randn(n, k, generator=gen, device=device) / k ** 0.5
+        xq, sx = kernels.quantize_per_token(x, torch.float8_e4m3fn)
+        wq, sw = quantize_weight(w, "fp8")
+        scales = sx.double() * sw.double().t()
+        ref = (xq.double() @ wq.double().t()) * scales
+        bound = (xq.double().abs() @ wq.double().abs().t()) * scales
+        outs = {"triton (promoted)": kernels.scaled_gemm(xq, sx, wq, sw, None, torch.float32, fp8_promote=True),
+                "triton (fast acc)": kernels.scaled_gemm(xq, sx, wq, sw, None, torch.float32, fp8_promote=False),
+                "scaled_mm": torch._scaled_mm(xq, wq.t(), scale_a=sx, scale_b=sw.reshape(1, -1), out_dtype=torch.float32),
+                "scaled_mm (fast acc)": torch._scaled_mm(xq, wq.t(), scale_a=sx, scale_b=sw.reshape(1, -1),
+                                                         out_dtype=torch.float32, use_fast_accum=True)}
+        for name, out in outs.items():
+            diff = (out.double() - ref).abs()
+            rows.append({"k": k, "gemm": name, "max_err_over_abs_sum": (diff / bound).max().item(),
+                         "rel_norm_err": (diff.norm() / ref.norm()).item()})
     return rows
 
 
@@ -228,10 +262,12 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.empty_cache()
     block = per_block(rows, shapes)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+    accumulation = accumulation_errors(device) if capability >= (8, 9) and kernels.TRITON_AVAILABLE else []
     resident = resident_weights(args.tiny)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "rows": rows, "block_ms": block,
-              "resident_weights_gib": resident}
+              "resident_weights_gib": resident, "fp8_accumulation": accumulation}
     out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "quant_linear" + ("_tiny" if args.tiny else "") + ".json")
@@ -248,6 +284,10 @@ def main(argv=None):
         speed = f"{r['speedup_vs_bf16']:7.2f}" if "speedup_vs_bf16" in r else " " * 7
         cos = f"{r['cosine_vs_bf16']:8.5f}" if "cosine_vs_bf16" in r else ""
         print(f"{r['shape']:24s} {r['backend']:34s} {r['ms']:9.3f} {tflops} {speed} {cos}")
+    if accumulation:
+        print(f"\nfp8 GEMM error vs float64 ({1024}x{1024} outputs; error / sum|products|, max; relative norm error):")
+        for r in accumulation:
+            print(f"  K={r['k']:<6d} {r['gemm']:22s} {r['max_err_over_abs_sum']:10.2e} {r['rel_norm_err']:10.2e}")
     print("\nResident DiT weights (8-bit block linears + bf16 rest, as the model holds them):")
     for name, gib in resident.items():
         print(f"  {name:20s} {gib:8.3f} GiB")

@@ -14,6 +14,9 @@ import os
 import torch
 
 
+FP8_PROMOTE_DEFAULT = True
+
+
 def scaled_gemm_reference(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16):
     """Plain PyTorch: exact integer-valued products summed in float32, then the same epilogue."""
     acc = xq.float() @ wq.float().t()
@@ -30,7 +33,7 @@ try:
     @triton.jit
     def _scaled_gemm_kernel(a_ptr, b_ptr, out_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                             stride_am, stride_ak, stride_bn, stride_bk, stride_om, stride_on,
-                            HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
+                            HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr, FP8_PROMOTE: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
         # Grouped ordering of the output tiles: GROUP_M row-tiles share B tiles while they sit in L2.
         pid = tl.program_id(0)
@@ -57,6 +60,10 @@ try:
             b = tl.load(b_ptrs, mask=(rn[None, :] < N) & (rk[:, None] < k_left), other=0.0)
             if IS_INT8:
                 acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            elif FP8_PROMOTE:
+                # Hopper's fp8 tensor cores add into an accumulator of ~14 mantissa bits; this adds each
+                # K-tile's partial sum into the float32 accumulator instead (DeepSeek-V3's 128-element interval).
+                acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
             else:
                 acc = tl.dot(a, b, acc)
             a_ptrs += BLOCK_K * stride_ak
@@ -76,13 +83,18 @@ try:
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=w, num_stages=s)
         for bm, bn, w, s in [(128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 4, 4), (64, 128, 4, 4)]
     ]
-    _autotuned_kernel = triton.autotune(_GPU_CONFIGS, key=["M", "N", "K", "IS_INT8"])(_scaled_gemm_kernel)
+    _autotuned_kernel = triton.autotune(_GPU_CONFIGS, key=["M", "N", "K", "IS_INT8", "FP8_PROMOTE"])(_scaled_gemm_kernel)
 except ImportError:
     triton = None
 
 
-def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16):
-    """Triton version of scaled_gemm_reference."""
+def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote=None):
+    """Triton version of scaled_gemm_reference.
+
+    fp8_promote: add each K-tile's fp8 partial product into float32 (exact to float32 rounding) rather than
+    letting the tensor cores accumulate the whole K in their reduced-precision fp8 accumulator.
+    None: FP8_PROMOTE_DEFAULT.
+    """
     if triton is None:
         raise RuntimeError("Triton is not installed")
     m, k = xq.shape
@@ -94,7 +106,7 @@ def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16):
     sw = sw.reshape(-1).float().contiguous()
     args = (xq, wq, out, sx, sw, bias if bias is not None else sx, m, n, k,
             xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), out.stride(0), out.stride(1))
-    flags = {"HAS_BIAS": bias is not None, "IS_INT8": xq.dtype == torch.int8}
+    flags = {"HAS_BIAS": bias is not None, "IS_INT8": xq.dtype == torch.int8, "FP8_PROMOTE": FP8_PROMOTE_DEFAULT if fp8_promote is None else bool(fp8_promote)}
     if _INTERPRET:
         blocks = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
         grid = (triton.cdiv(m, blocks["BLOCK_M"]) * triton.cdiv(n, blocks["BLOCK_N"]),)

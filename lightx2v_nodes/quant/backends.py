@@ -6,9 +6,19 @@ quantization (W8A8), except `weight_only`, which dequantizes W and multiplies in
 - int_mm:     int8 via torch._int_mm (int32 out), scales and bias applied in a PyTorch epilogue
 - triton:     our kernels: fused per-token quantization + 8-bit GEMM with the epilogue fused (int8, fp8)
 - reference:  plain PyTorch in float32; runs anywhere (CPU included) and defines the expected numbers
-The choice is made once per (format, mode, device) and logged in one line. LIGHTX2V_QUANT_BACKEND
-forces one (an error if it cannot run there). A GPU backend that fails on its first call (e.g. an old
-driver) is replaced by the next candidate with a warning instead of failing the whole generation.
+The choice is made once per (format, mode, device, token-count class) and logged in one line: the order
+follows bench/quant_linear.py on an H100 (2026-11-24), activation quantization included, per 14B shape:
+  fp8,  32,760 tokens: triton 1.47-1.58x bf16, scaled_mm 1.13-1.33x -> triton first
+  fp8,  <= 512 tokens (cross-attention k/v of text and CLIP context): scaled_mm 0.174 ms, triton 0.192 ms
+  int8, 32,760 tokens: triton 1.33-1.39x, int_mm 0.5-0.8x (its int32 output round trip) -> triton first
+  int8, <= 512 tokens: triton 0.195 ms, int_mm 0.214 ms
+At <= 512 tokens every 8-bit backend is ~2x slower than a bf16 F.linear would be (launches and the
+activation pass dominate; 2 such layers per block, ~0.1 ms each); there is no bf16 weight to fall back on
+without doubling those layers' memory, so the fastest 8-bit backend is used.
+LIGHTX2V_QUANT_BACKEND forces one (an error if it cannot run there). A GPU backend that fails on its first
+call (e.g. an old driver) is replaced by the next candidate with a warning instead of failing the generation.
+Under torch.compile, `compiled_linear` computes the same thing with the quantization in plain torch ops (so
+inductor fuses it into the kernel that produces x) and the GEMM as one opaque custom op.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ log = logging.getLogger("lightx2v_nodes")
 BACKEND_NAMES = ("scaled_mm", "int_mm", "triton", "reference", "weight_only")
 ENV_OVERRIDE = "LIGHTX2V_QUANT_BACKEND"
 FP8_MIN_CAPABILITY = (8, 9)
+FEW_TOKENS = 1024  # below: the cross-attention context projections (512 text / 257 CLIP tokens)
 
 _kernels = load_kernels()
 
@@ -47,19 +58,27 @@ def weight_only(x, weight, scale, bias):
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
-def scaled_mm(x, weight, scale, bias):
-    xq, sx = _quantize_activations(x, torch.float8_e4m3fn)
+def scaled_mm_gemm(xq, sx, weight, scale, bias, out_dtype):
     out = torch._scaled_mm(xq, weight.t(), scale_a=sx, scale_b=scale.reshape(1, -1).float(),
                            bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
-    return out.to(x.dtype)
+    return out.to(out_dtype)
+
+
+def int_mm_gemm(xq, sx, weight, scale, bias, out_dtype):
+    out = torch._int_mm(xq, weight.t()).float().mul_(sx).mul_(scale.reshape(1, -1))
+    if bias is not None:
+        out.add_(bias.float())
+    return out.to(out_dtype)
+
+
+def scaled_mm(x, weight, scale, bias):
+    xq, sx = _quantize_activations(x, torch.float8_e4m3fn)
+    return scaled_mm_gemm(xq, sx, weight, scale, bias, x.dtype)
 
 
 def int_mm(x, weight, scale, bias):
     xq, sx = _quantize_activations(x, torch.int8)
-    out = torch._int_mm(xq, weight.t()).float().mul_(sx).mul_(scale.reshape(1, -1))
-    if bias is not None:
-        out.add_(bias.float())
-    return out.to(x.dtype)
+    return int_mm_gemm(xq, sx, weight, scale, bias, x.dtype)
 
 
 def triton(x, weight, scale, bias):
@@ -67,10 +86,8 @@ def triton(x, weight, scale, bias):
     return _kernels.scaled_gemm(xq, sx, weight, scale, bias, out_dtype=x.dtype)
 
 
-def _shape_ok(name, x, weight) -> bool:
+def _shape_ok(name, m, k, n) -> bool:
     """cuBLAS constraints: _scaled_mm needs K, N multiples of 16; _int_mm needs M > 16 and K, N multiples of 8."""
-    m, k = x.shape
-    n = weight.shape[0]
     if name == "scaled_mm":
         return k % 16 == 0 and n % 16 == 0
     if name == "int_mm":
@@ -88,8 +105,10 @@ DESCRIPTIONS = {
 }
 
 
-def candidates(fmt: str, mode: str, device_type: str, capability: tuple[int, int] | None) -> list[str]:
-    """Backends to try, best first, for a format ('int8'/'fp8'), mode ('w8a8'/'weight_only') and device."""
+def candidates(fmt: str, mode: str, device_type: str, capability: tuple[int, int] | None,
+               few_tokens: bool = False) -> list[str]:
+    """Backends to try, best first, for a format ('int8'/'fp8'), mode ('w8a8'/'weight_only'), device and
+    token-count class (few_tokens: fewer than FEW_TOKENS rows, e.g. the cross-attention context)."""
     if fmt not in FORMATS:
         raise LightX2VError(f"Unknown quantization format '{fmt}': use one of {', '.join(FORMATS)}.")
     if mode == "weight_only":
@@ -100,12 +119,15 @@ def candidates(fmt: str, mode: str, device_type: str, capability: tuple[int, int
     if fmt == "fp8":
         if capability is None or tuple(capability) < FP8_MIN_CAPABILITY:
             return []
-        return (["scaled_mm"] if hasattr(torch, "_scaled_mm") else []) + (["triton"] if triton_ok else []) + ["weight_only"]
-    # int8: the fused Triton GEMM avoids _int_mm's int32 round trip through memory.
+        cublas = ["scaled_mm"] if hasattr(torch, "_scaled_mm") else []
+        ours = ["triton"] if triton_ok else []
+        return (cublas + ours if few_tokens else ours + cublas) + ["weight_only"]
+    # int8: the fused Triton GEMM avoids _int_mm's int32 round trip through memory (at every measured size).
     return (["triton"] if triton_ok else []) + (["int_mm"] if hasattr(torch, "_int_mm") else []) + ["reference"]
 
 
-def choose(fmt: str, mode: str, device_type: str, capability=None, forced: str | None = None) -> list[str]:
+def choose(fmt: str, mode: str, device_type: str, capability=None, forced: str | None = None,
+           few_tokens: bool = False) -> list[str]:
     """The ordered backend list for this layer kind; warns (once per caller) on the fp8 fallback."""
     forced = forced or os.environ.get(ENV_OVERRIDE) or None
     if forced:
@@ -118,7 +140,7 @@ def choose(fmt: str, mode: str, device_type: str, capability=None, forced: str |
                 f"(compute capability {capability}); unset {ENV_OVERRIDE} or choose one of {', '.join(dict.fromkeys(allowed))}."
             )
         return [forced]
-    order = candidates(fmt, mode, device_type, capability)
+    order = candidates(fmt, mode, device_type, capability, few_tokens)
     if not order:  # fp8 W8A8 on a GPU without fp8 tensor cores
         cap = ".".join(map(str, capability)) if capability else "unknown"
         log.warning(
@@ -131,24 +153,35 @@ def choose(fmt: str, mode: str, device_type: str, capability=None, forced: str |
 
 
 class BackendDispatcher:
-    """Resolves and caches the backend per (format, mode, device); logs the choice once."""
+    """Resolves and caches the backend per (format, mode, device, token-count class); logs each choice once."""
 
     def __init__(self):
         self._chosen: dict[tuple, list[str]] = {}
 
-    def __call__(self, fmt, mode, x, weight, scale, bias):
-        key = (fmt, mode, x.device.type, x.device.index)
+    def order(self, fmt, mode, device: torch.device, tokens: int) -> list[str]:
+        """The cached candidate list (best first) for this call's kind; chosen and logged on first use."""
+        few = tokens < FEW_TOKENS
+        key = (fmt, mode, device.type, device.index, few)
         order = self._chosen.get(key)
         if order is None:
-            capability = torch.cuda.get_device_capability(x.device) if x.device.type == "cuda" else None
-            order = self._chosen[key] = choose(fmt, mode, x.device.type, capability)
-            log.info("LightX2V: %s %s linears on %s use %s", fmt, "W8A8" if mode == "w8a8" else "weight-only",
-                     x.device, DESCRIPTIONS[order[0]])
+            capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+            order = self._chosen[key] = choose(fmt, mode, device.type, capability, few_tokens=few)
+            log.info("LightX2V: %s %s linears on %s with %s %d tokens use %s", fmt,
+                     "W8A8" if mode == "w8a8" else "weight-only", device, "<" if few else ">=", FEW_TOKENS,
+                     DESCRIPTIONS[order[0]])
+        return order
+
+    def select(self, fmt, mode, device: torch.device, m: int, k: int, n: int) -> str:
+        """The backend an [m, k] x [n, k]^T call runs on: the first candidate whose shape constraints it meets."""
+        order = self.order(fmt, mode, device, m)
         for name in order[:-1]:  # odd shapes skip a cuBLAS backend for this call only
-            if _shape_ok(name, x, weight):
-                break
-        else:
-            name = order[-1]
+            if _shape_ok(name, m, k, n):
+                return name
+        return order[-1]
+
+    def __call__(self, fmt, mode, x, weight, scale, bias):
+        order = self.order(fmt, mode, x.device, x.shape[0])
+        name = self.select(fmt, mode, x.device, x.shape[0], x.shape[1], weight.shape[0])
         if name != order[0]:
             return BACKENDS[name](x, weight, scale, bias)
         while True:
@@ -168,3 +201,45 @@ class BackendDispatcher:
 
 
 dispatch = BackendDispatcher()
+
+
+# ---- torch.compile path ----
+
+def _triton_gemm(xq: torch.Tensor, sx: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    return _kernels.scaled_gemm(xq, sx, weight, scale, bias, out_dtype=out_dtype)
+
+
+if hasattr(torch.library, "custom_op"):
+    # Opaque to dynamo: the Triton launcher (autotuner, grid callback) is not traced, only its output shape.
+    _triton_gemm = torch.library.custom_op("lightx2v_nodes::scaled_gemm", mutates_args=())(_triton_gemm)
+
+    @_triton_gemm.register_fake
+    def _(xq, sx, weight, scale, bias, out_dtype):
+        return xq.new_empty((xq.shape[0], weight.shape[0]), dtype=out_dtype)
+
+
+_GEMMS = {"scaled_mm": scaled_mm_gemm, "int_mm": int_mm_gemm, "triton": _triton_gemm,
+          "reference": _kernels.scaled_gemm_reference}
+
+
+def _choice_for_trace(fmt: str, mode: str, device: str, m: int, k: int, n: int) -> str:
+    """dispatch.select from plain constants; dynamo calls it once at trace time instead of tracing it."""
+    return dispatch.select(fmt, mode, torch.device(device), m, k, n)
+
+
+if hasattr(torch, "compiler") and hasattr(torch.compiler, "assume_constant_result"):
+    _choice_for_trace = torch.compiler.assume_constant_result(_choice_for_trace)
+
+
+def compiled_linear(fmt, mode, x, weight, scale, bias):
+    """What `dispatch` computes, written to be traced by torch.compile (same backend choice).
+
+    The activation quantization is the reference's torch ops, which inductor fuses into the kernel that
+    produced x (e.g. LayerNorm + modulation); only the GEMM stays an opaque call.
+    """
+    name = _choice_for_trace(fmt, mode, str(x.device), x.shape[0], x.shape[1], weight.shape[0])
+    if name == "weight_only":
+        return weight_only(x, weight, scale, bias)
+    xq, sx = _kernels.quantize_per_token_reference(x, weight.dtype)
+    return _GEMMS[name](xq, sx, weight, scale, bias, x.dtype)

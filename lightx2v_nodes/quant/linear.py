@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .backends import dispatch
+from .backends import compiled_linear, dispatch
 from .formats import FORMATS, QMAX, format_of_dtype, quantize_weight
 
 MODES = ("w8a8", "weight_only")
@@ -74,7 +74,10 @@ class QuantLinear(nn.Module):
         x2d = x.reshape(-1, self.in_features)
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
-        y = dispatch(self.fmt, self.mode, x2d, weight, scale, bias)
+        if _is_compiling():  # torch.compile traces this: same backend, quantization left to inductor to fuse
+            y = compiled_linear(self.fmt, self.mode, x2d, weight, scale, bias)
+        else:
+            y = dispatch(self.fmt, self.mode, x2d, weight, scale, bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     # ---- ComfyUI weight patching (comfy.model_patcher.get_key_weight finds these by name) ----
@@ -115,6 +118,11 @@ class QuantLinear(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "weight_scale"] = self.current_scale() if keep_vars else self.current_scale().detach()
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _quantize_with_scale(weight: torch.Tensor, scale: torch.Tensor, qdtype: torch.dtype) -> torch.Tensor:

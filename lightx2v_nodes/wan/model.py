@@ -35,7 +35,8 @@ def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
 
 
 def rope_tables(head_dim: int, f: int, h: int, w: int, device) -> torch.Tensor:
-    """Complex rotations [L, head_dim/2] of Wan's 3-axis RoPE (time gets d - 4*(d//6) dims, h and w 2*(d//6))."""
+    """Rotations [L, head_dim/2, 2] (cos, sin; float32) of Wan's 3-axis RoPE (time gets d - 4*(d//6) dims, h and w
+    2*(d//6)). Stored as real pairs, not complex, so a torch.compile'd block never sees a complex tensor."""
     axes = (head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6))
     grids = torch.meshgrid(
         torch.arange(f, dtype=torch.float64, device=device),
@@ -47,16 +48,24 @@ def rope_tables(head_dim: int, f: int, h: int, w: int, device) -> torch.Tensor:
     for axis_dim, pos in zip(axes, grids):
         inv_freq = 1.0 / (10000.0 ** (torch.arange(0, axis_dim, 2, dtype=torch.float64, device=device) / axis_dim))
         angles.append(pos.reshape(-1, 1) * inv_freq)
-    return torch.polar(torch.ones(1, dtype=torch.float64, device=device), torch.cat(angles, dim=1)).to(torch.complex64)
+    rotations = torch.polar(torch.ones(1, dtype=torch.float64, device=device), torch.cat(angles, dim=1))
+    return torch.view_as_real(rotations.to(torch.complex64)).contiguous()
 
 
 def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs of x [B, L, H, D] by the per-token angles, in float32.
 
-    One complex multiply: fewer passes over the (large) q/k tensors than a real-valued formulation.
+    One complex multiply: fewer passes over the (large) q/k tensors than a real-valued formulation in
+    eager mode. Under torch.compile the real-valued form is used: inductor fuses it into one kernel, while
+    it cannot generate code for complex numbers.
     """
+    if torch.compiler.is_compiling():
+        pairs = x.float().unflatten(-1, (-1, 2))
+        cos_sin = rotations[None, :, None]
+        even, odd, cos, sin = pairs[..., 0], pairs[..., 1], cos_sin[..., 0], cos_sin[..., 1]
+        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(x)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * rotations[None, :, None]).flatten(-2).type_as(x)
+    return torch.view_as_real(pairs * torch.view_as_complex(rotations)[None, :, None]).flatten(-2).type_as(x)
 
 
 class SelfAttention(nn.Module):
