@@ -111,6 +111,17 @@ def bandwidth(device) -> dict:
     return out
 
 
+def refusals(sizes, budget, tokens, modes, prefetch) -> dict[str, str]:
+    """Modes the planner refuses for this budget and shape, with its reason."""
+    out = {}
+    for mode in modes:
+        try:
+            plan_offload(sizes, budget, tokens, 1, mode, prefetch[mode])
+        except LightX2VError as exc:
+            out[mode] = f"planner: {exc}"
+    return out
+
+
 def run_offloaded(dit, args, sizes, mode, budget, prefetch, runs, warmup, device, lazy_dir=None, rss_runs=0):
     tokens = video_tokens(*args["shape"])
     try:
@@ -184,7 +195,7 @@ def main():
     prefetch = {k: int(v) for k, v in (item.split("=") for item in args.prefetch.split(","))}
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
               **bandwidth(device), "rows": []}
-    rss_done = False
+    rss_done, first_resident_s = False, float("nan")
     for fmt in args.dtypes.split(","):
         rss_start = rss_gb()
         dit = host_model(cfg, fmt, device)
@@ -198,8 +209,15 @@ def main():
         for index, shape in enumerate(shapes):
             if index > 0 and fmt != "fp8":
                 continue
-            tensors = inputs(shape, device, args.tiny)
             common = {"dtype": fmt, "shape": "x".join(map(str, (shape[1], shape[0], shape[2]))), "budget_gib": budget / GiB}
+            modes = args.modes.split(",") if index == 0 else ["block"]
+            refused = refusals(sizes, budget, video_tokens(*shape), modes, prefetch)
+            if len(refused) == len(modes):  # nothing to compare against: skip the resident baseline too
+                for mode, reason in refused.items():
+                    result["rows"].append({**common, "mode": mode, "error": reason})
+                    print(result["rows"][-1], flush=True)
+                continue
+            tensors = inputs(shape, device, args.tiny)
             dit.to(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -210,7 +228,6 @@ def main():
             dit.to("cpu")
             result["rows"].append({**common, "mode": "resident", "s_per_step": resident_s, "peak_allocated_gib": resident_peak})
             print(result["rows"][-1], flush=True)
-            modes = args.modes.split(",") if index == 0 else ["block"]
             for mode in modes:
                 rss_runs = 0 if rss_done else args.rss_runs
                 rss_done = True

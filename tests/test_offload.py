@@ -272,8 +272,12 @@ def test_planner_picks_mode_and_residents():
     assert tight.mode == "phase"  # two bf16 blocks do not fit, three phases do
     line = eight.describe()
     assert "\n" not in line and "block offload" in line and "GiB" in line
-    hd = plan_offload(WAN14B_FP8, 8 * GiB, video_tokens(1280, 720, 81))
-    assert hd.activation_bytes > eight.activation_bytes and hd.resident_blocks < eight.resident_blocks
+    hd_tokens = video_tokens(1280, 720, 81)
+    hd, sd = plan_offload(WAN14B_FP8, 16 * GiB, hd_tokens), plan_offload(WAN14B_FP8, 16 * GiB, tokens)
+    assert hd.activation_bytes > sd.activation_bytes and hd.resident_blocks < sd.resident_blocks
+    # 720p activations alone measured 7.6 GiB on the H100: 8 GiB is refused, with the numbers
+    with pytest.raises(LightX2VError, match="too small for this model at 75600 tokens"):
+        plan_offload(WAN14B_FP8, 8 * GiB, hd_tokens)
 
 
 def test_planner_errors():
@@ -306,7 +310,7 @@ def test_streamed_blocks_move_into_one_packed_buffer_each():
     expected = run(dit, args, kwargs, times=1)[0]
     before = {k: v.clone() for k, v in dit.state_dict().items()}
     resident_ptrs = [t.data_ptr() for t in dit.blocks[LAYERS - 1].state_dict().values()]
-    live = pinning.live_buffers()
+    gc.collect()
 
     def bases():
         out = []
@@ -320,7 +324,7 @@ def test_streamed_blocks_move_into_one_packed_buffer_each():
     first = bases()
     assert None not in first[:-1] and first[-1] is None  # streamed blocks packed, the resident one untouched
     assert [t.data_ptr() for t in dit.blocks[LAYERS - 1].state_dict().values()] == resident_ptrs
-    assert pinning.live_buffers() == live + LAYERS - 1
+    assert set(first[:-1]) <= pinning.live_buffers()
     assert all(torch.equal(before[k], v) for k, v in dit.state_dict().items())
 
     scheduler = OffloadScheduler(dit, OffloadSettings("phase", 0, 2), "cpu")
@@ -331,15 +335,15 @@ def test_streamed_blocks_move_into_one_packed_buffer_each():
     with torch.no_grad():
         assert torch.equal(dit(*args, **kwargs), expected)
     scheduler.uninstall()
-    assert pinning.live_buffers() == live + LAYERS
+    packed = bases()
+    assert None not in packed and set(packed) <= pinning.live_buffers()
 
     dit.blocks[0].to(torch.float64).to(torch.float32)  # the module lets go of block 0's buffer (as .to() does)
     del scheduler
-    gc.collect()
-    assert pinning.live_buffers() == live + LAYERS - 1
+    assert packed[0] not in pinning.live_buffers() and set(packed[1:]) <= pinning.live_buffers()
     scheduler = OffloadScheduler(dit, OffloadSettings("block", 0, 1), "cpu")
     assert all(torch.equal(out, expected) for out in run(dit, args, kwargs, scheduler))
-    assert pinning.live_buffers() == live + LAYERS and bases()[1:] == [*first[1:-1], bases()[-1]]
+    assert bases()[1:] == packed[1:] and bases()[0] in pinning.live_buffers()
 
 
 # ---- GPU ----

@@ -2,7 +2,7 @@
 
 Weights are not page-locked where they lie: cudaHostRegister works on whole pages, small tensors share pages
 with their neighbours, and a copy whose source spans two separate registrations (or a registered and an
-unregistered page) fails with 'invalid argument' (H100, 2026-11-24; bench/offload_pin_diag.py); freed
+unregistered page) fails with 'invalid argument' (measured on the H100, 2026-11-24); freed
 tensors would also leave their pages locked. Instead each block's tensors move into one anonymous mapping of
 its own (page-aligned, shared with nothing), registered once as a whole, laid out exactly like the unit's
 device slot, so a unit is one full-bandwidth copy. The module's tensors become views into it and the
@@ -51,8 +51,9 @@ def _release(base: int, locked: bool, mapping: mmap.mmap) -> None:
         pass
 
 
-def live_buffers() -> int:
-    return len(_live)
+def live_buffers() -> set[int]:
+    """Base addresses of the host buffers alive now."""
+    return set(_live)
 
 
 def _packed_base(tensors: list[torch.Tensor], offsets: list[int], nbytes: int, pin: bool) -> int | None:

@@ -1,10 +1,13 @@
 """VRAM-budget planner: budget -> offload mode (none / block / phase) and how many blocks stay resident.
 
 Device memory of a run = non-block weights + resident blocks + (prefetch + 1) streaming slots (a block or
-a phase each) + activations. Activations are estimated for Wan at the run's token count from the tensors
-alive at each phase's peak (bytes per token, bf16): self-attention = the patch-embedding output and the
-residual stream (2 x dim each, alive through all blocks), the modulated input, q, and k with its two float32
-RoPE temporaries (2 + 2 + 2 + 8) x dim = 18 x dim; FFN = 6 x dim + two ffn_dim hidden tensors (4 x ffn_dim).
+a phase each) + activations + allocator slack. Activations are estimated for Wan at the run's token count
+from what the 14B model measured on the H100 (2026-11-24, peak allocated fully resident minus its weights):
+bf16 3.26 GiB at 480x832x81 (32,760 tokens); fp8 W8A8 3.50 GiB there and 7.62 GiB at 720x1280x81 (75,600
+tokens): 20.9, 22.4 and 21.1 x dim bytes per token. The estimate takes 22 x dim per token (or the FFN's
+6 x dim + 5 x ffn_dim, if larger) + 5%. Slack: under a capped caching allocator, freed activation blocks of
+mixed sizes split the cached segments; in those runs up to ~1.3 GiB at 480p was reserved but unusable when a
+float32 [tokens, dim] tensor (0.63 GiB) was asked for, so room for three of those is kept on top.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .units import non_block_refs, split_units, tensor_bytes, unit_bytes
 GiB = 1024 ** 3
 MODES = ("auto", "block", "phase", "none")
 ACTIVATION_MARGIN = 1.05  # allocator rounding and small temporaries (modulation, scales, attention statistics)
+SLACK_TENSORS = 3  # float32 [tokens, dim] tensors of fragmentation room under a capped allocator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +54,10 @@ def video_tokens(width: int, height: int, frames: int) -> int:
 
 
 def activation_bytes(sizes: ModelSizes, tokens: int, batch: int = 1, dtype_bytes: int = 2) -> int:
-    per_token = max(18 * sizes.dim, 6 * sizes.dim + 4 * sizes.ffn_dim) * dtype_bytes // 2
-    return int(per_token * tokens * batch * ACTIVATION_MARGIN)
+    """Peak activation memory of one forward (+ allocator slack), for a model computing in `dtype_bytes` floats."""
+    per_token = max(22 * sizes.dim, 6 * sizes.dim + 5 * sizes.ffn_dim) * dtype_bytes // 2
+    slack = SLACK_TENSORS * 4 * sizes.dim * tokens * batch
+    return int(per_token * tokens * batch * ACTIVATION_MARGIN) + slack
 
 
 @dataclasses.dataclass(frozen=True)
