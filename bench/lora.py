@@ -69,6 +69,9 @@ def random_plan(shapes: dict[str, tuple[int, int]], rank: int, device, dtype, pr
     return LoraPlan(patches, [], [], 2 * len(patches))
 
 
+ROUNDS = 5  # alternating without/with measurements per rank
+
+
 def timed(fn, warmup: int, runs: int, device) -> float:
     """Median seconds of fn() over runs, after warmup calls."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -106,19 +109,25 @@ def bench_side_branch(s, ranks, runs, device, dtype):
 
     rows = []
     with torch.inference_mode():
-        base_block = timed(run_block, 2, runs, device)
-        base_linears = timed(run_linears, 2, runs, device)
         for rank in ranks:
             branches = SideBranches(random_plan(shapes, rank, "cpu", dtype).low_rank, strength=1.0)
-            with branches.installed(block):
-                with_block = timed(run_block, 2, runs, device)
-                with_linears = timed(run_linears, 2, runs, device)
+            # Alternate without/with in rounds so clock or thermal drift hits both sides alike.
+            samples = {"block": [], "block+": [], "linears": [], "linears+": []}
+            for _ in range(ROUNDS):
+                samples["block"].append(timed(run_block, 1, runs, device))
+                samples["linears"].append(timed(run_linears, 1, runs, device))
+                with branches.installed(block):
+                    samples["block+"].append(timed(run_block, 1, runs, device))
+                    samples["linears+"].append(timed(run_linears, 1, runs, device))
+            base_block, with_block, base_linears, with_linears = (
+                statistics.median(samples[k]) for k in ("block", "block+", "linears", "linears+"))
             rows.append({
                 "rank": rank, "block_ms": base_block * 1e3, "block_side_branch_ms": with_block * 1e3,
                 "block_overhead_pct": 100 * (with_block / base_block - 1),
                 "linears_ms": base_linears * 1e3, "linears_side_branch_ms": with_linears * 1e3,
                 "linears_overhead_pct": 100 * (with_linears / base_linears - 1),
                 "step_estimate_s": s["blocks"] * base_block, "step_side_branch_estimate_s": s["blocks"] * with_block,
+                "rounds_ms": {k: [round(v * 1e3, 3) for v in vals] for k, vals in samples.items()},
             })
     del block, x, hidden
     return rows
