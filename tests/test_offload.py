@@ -372,3 +372,20 @@ def test_gpu_equality_and_copy_stream(granularity):
     assert torch.equal(out, expected)
     assert summary["copies"] > 0 and summary["copied_bytes"] > 0
     assert all(p.device.type == "cpu" for p in dit.blocks[0].parameters())
+
+
+@cuda
+def test_gpu_lazy_loading_reads_into_page_locked_buffers(tmp_path):
+    dit, sd, cfg = build(dtype=torch.bfloat16)
+    args, kwargs = inputs(cfg, torch.bfloat16)
+    args = [a.cuda() for a in args]
+    expected = run(dit.to("cuda"), args, kwargs, times=1)[0]
+    folder = synthetic.write_checkpoint({k: v.to(torch.bfloat16) for k, v in sd.items()}, str(tmp_path / "b"), "blocks", "bf16")
+    lazy, _, _ = build(dtype=torch.bfloat16, blocks_on_meta=True)
+    scheduler = OffloadScheduler(lazy, OffloadSettings("phase", 1, 2, lazy_dir=folder), "cuda")
+    scheduler.install()
+    assert all(buffer.is_pinned() for buffer in scheduler.reader.buffers)
+    with torch.no_grad():
+        outs = [lazy(*args, **kwargs) for _ in range(2)]
+    scheduler.uninstall()
+    assert all(torch.equal(out, expected) for out in outs)
