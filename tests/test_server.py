@@ -40,3 +40,16 @@ def test_t2v_prompt_runs_through_the_server(server):
     prompt_id = http_json(server.url + "/prompt", {"prompt": prompt, "client_id": "smoke"})["prompt_id"]
     status = server.wait_for(prompt_id)
     assert status["status_str"] == "success", json.dumps(status)[:2000]
+
+
+def test_example_workflows_are_served_as_templates(server):
+    """ComfyUI's template browser lists the pack's example_workflows/ and serves each file unchanged."""
+    from example_workflows_build import EXAMPLES
+
+    names = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+    assert "lightx2v_demo_tiny_t2v" in names
+    listed = http_json(server.url + "/workflow_templates").get("lightx2v-nodes", [])
+    assert sorted(listed) == names
+    for name in names:
+        served = http_json(f"{server.url}/api/workflow_templates/lightx2v-nodes/{name}.json")
+        assert served == json.loads((EXAMPLES / f"{name}.json").read_text())
