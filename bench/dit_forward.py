@@ -38,6 +38,12 @@ SIZES = {
 }
 
 
+def output_dir():
+    path = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def import_comfy(comfy_dir: str, cpu: bool):
     sys.path.insert(0, comfy_dir)
     import comfy.cli_args
@@ -83,6 +89,21 @@ def time_forward(model, inputs, warmup, runs, device):
     return statistics.median(times), peak / 2**30, (peak - base) / 2**30, out
 
 
+def profile_forward(model, inputs, label, out_dir):
+    """Top kernels of one forward by device time (where the time goes, for NOTES.md)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch.inference_mode(), profile(activities=activities) as prof:
+        model(*inputs)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70)
+    with open(os.path.join(out_dir, f"profile_{label.replace('+', '_')}.txt"), "w") as f:
+        f.write(table)
+
+
 def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dtype):
     """Our DiT with compiled block phases, bf16 and each --quant format, against the native bf16 time."""
     base = next(r for r in rows if r["size"] == size and "+" not in r["backend"])
@@ -106,6 +127,9 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
             torch.cuda.synchronize()
         compile_s = time.perf_counter() - start
         s_c, peak_c, act_c, out_c = time_forward(model, inputs, args.warmup, args.runs, device)
+        label = f"{size}_{base['backend']}_compile" + (f"_{fmt}" if fmt else "")
+        if args.profile:
+            profile_forward(model, inputs, label, output_dir())
         result.append({"size": size, "backend": f"{base['backend']}+compile" + (f"+{fmt}" if fmt else ""),
                        "native_s": base["native_s"], "ours_s": s_c, "speedup": base["native_s"] / s_c,
                        "native_peak_gib": base["native_peak_gib"], "ours_peak_gib": peak_c,
@@ -123,6 +147,8 @@ def main():
     parser.add_argument("--backends", default="sdpa,sage")
     parser.add_argument("--quant", default="", help="comma list of fp8,int8: also time our DiT quantized (first backend)")
     parser.add_argument("--compile", action="store_true", help="also time our DiT with torch.compile'd blocks (first backend)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile one forward of each of our rows: top CUDA kernels to $OUT/profile_*.txt")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at a tiny shape")
@@ -159,6 +185,9 @@ def main():
             comfy_wan.optimized_attention = native_kernels[backend]
             s_native, peak_native, act_native, out_native = time_forward(native, (x, t, context), args.warmup, args.runs, device)
             s_ours, peak_ours, act_ours, out_ours = time_forward(ours, (x, t, context), args.warmup, args.runs, device)
+            if args.profile:
+                profile_forward(ours, (x, t, context), f"{size}_{backend}", output_dir())
+                profile_forward(native, (x, t, context), f"{size}_{backend}_native", output_dir())
             rel = ((out_ours.float() - out_native.float()).norm() / out_native.float().norm()).item()
             rows.append({"size": size, "backend": backend, "native_s": s_native, "ours_s": s_ours,
                          "speedup": s_native / s_ours, "native_peak_gib": peak_native, "ours_peak_gib": peak_ours,
@@ -173,6 +202,8 @@ def main():
             quantize_dit_(quant, fmt)  # new 8-bit tensors; the bf16 ones stay shared with the native model
             weight_gib = sum(t.numel() * t.element_size() for t in quant.state_dict().values()) / 2**30
             s_q, peak_q, act_q, out_q = time_forward(quant, (x, t, context), args.warmup, args.runs, device)
+            if args.profile:
+                profile_forward(quant, (x, t, context), f"{size}_{row['backend']}_{fmt}", output_dir())
             cos = torch.nn.functional.cosine_similarity(out_q.float().flatten(), out_native.float().flatten(), dim=0).item()
             rows.append({"size": size, "backend": f"{row['backend']}+{fmt}", "native_s": row["native_s"], "ours_s": s_q,
                          "speedup": row["native_s"] / s_q, "native_peak_gib": row["native_peak_gib"], "ours_peak_gib": peak_q,
@@ -186,8 +217,7 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = output_dir()
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     with open(os.path.join(out_dir, "dit_forward.json"), "w") as f:
         json.dump({"device": device_name, "torch": torch.__version__, "latent": latent, "rows": rows}, f, indent=1)
