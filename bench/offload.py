@@ -15,6 +15,7 @@ Writes JSON to $OUT or bench/results/offload.json and prints a table last.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -277,6 +278,16 @@ def write_block_folder(dit, folder):
         save_file(tensors, os.path.join(folder, name))
 
 
+def release_freed_host_memory() -> None:
+    """glibc keeps freed heap chunks (tensors under its mmap threshold, which grows to 32 MB) in the process:
+    hand them back so RSS shows what is really held."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def lazy_row(dit, cfg, fmt, sizes, shape, budget, prefetch, args, device, resident_s):
     """Block weights read from disk while running: host RSS should stay near the non-block weights + a few blocks."""
     tensors = inputs(shape, device, args.tiny)
@@ -287,7 +298,7 @@ def lazy_row(dit, cfg, fmt, sizes, shape, budget, prefetch, args, device, reside
     write_block_folder(dit, folder)
     non_block = {k: v.clone() for k, v in dit.state_dict().items() if not k.startswith("blocks.")}
     dit.to("meta")  # drop the eager host copy before measuring
-    gc.collect()
+    release_freed_host_memory()
     rss_start = rss_gb()
     with torch.device("meta"):
         lazy = WanDiT(**cfg.unet_config(), dtype=torch.bfloat16)

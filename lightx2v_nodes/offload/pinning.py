@@ -15,13 +15,11 @@ take 1 GiB) and keeps freed buffers cached.
 
 from __future__ import annotations
 
-import logging
 import mmap
 import weakref
 
 import torch
 
-log = logging.getLogger("lightx2v_nodes")
 PAGE = mmap.PAGESIZE
 
 _live: dict[int, tuple[int, bool]] = {}  # base address -> (mapped bytes, page-locked) of buffers alive now

@@ -5,7 +5,9 @@ on a dedicated copy stream. Before unit u runs, the compute stream waits on u's 
 not block); then the next `prefetch` streamed units are enqueued, each into the slot that the unit before
 u left, after an event that marks the end of that unit's compute. The order wraps around, so the first
 blocks of the next step are already on their way while the last blocks, the head and the next step's
-embeddings run. Non-block weights stay resident. The DiT calls `gate(block, phase)` through
+embeddings run. Non-block weights stay resident. On the host, each streamed block lives in one
+page-locked buffer packed like the slots (pinning.py), so a unit is one full-bandwidth copy; in lazy mode
+the disk reader's block buffers play that part. The DiT calls `gate(block, phase)` through
 `WanBlock.phase_gate` (see lightx2v_nodes/wan/model.py).
 """
 
