@@ -14,6 +14,7 @@ call. Writes JSON to $OUT or bench/results/.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -137,6 +138,9 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
                        "rel_err": ((out_c.float() - out_native.float()).norm() / out_native.float().norm()).item(),
                        "compile_s": compile_s, "compile_failed": phases.failed})
         del model, phases
+        gc.collect()  # installed phases reference their blocks (a cycle): free this variant's weights now
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return result
 
 

@@ -85,8 +85,11 @@ try:
     _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
     # Large tiles for the GPU (chosen per shape by the autotuner); small fixed tiles for the CPU interpreter.
     _GPU_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 4, 4), (64, 128, 4, 4)]
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in [(128, 128, 128, 8, 4), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
+                                 (128, 128, 128, 4, 4), (64, 128, 128, 4, 4),
+                                 # deeper pipelines (shared memory permitting; the autotuner skips what does not fit)
+                                 (128, 256, 128, 8, 4), (128, 256, 64, 8, 5), (256, 128, 64, 8, 5)]
     ]
     _autotuned_kernel = triton.autotune(_GPU_CONFIGS, key=["M", "N", "K", "IS_INT8", "FP8_PROMOTE"])(_scaled_gemm_kernel)
 except ImportError:
