@@ -96,12 +96,14 @@ except ImportError:
     triton = None
 
 
-def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote=None):
+def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote=None, tiles=None):
     """Triton version of scaled_gemm_reference.
 
     fp8_promote: add each K-tile's fp8 partial product into float32 (exact to float32 rounding) rather than
     letting the tensor cores accumulate the whole K in their reduced-precision fp8 accumulator.
     None: FP8_PROMOTE_DEFAULT.
+    tiles: a fixed (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) instead of the autotuner's choice (tests
+    check the kernel's logic at a few tile shapes without compiling every candidate for every shape).
     """
     if triton is None:
         raise RuntimeError("Triton is not installed")
@@ -115,10 +117,13 @@ def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote
     args = (xq, wq, out, sx, sw, bias if bias is not None else sx, m, n, k,
             xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), out.stride(0), out.stride(1))
     flags = {"HAS_BIAS": bias is not None, "IS_INT8": xq.dtype == torch.int8, "FP8_PROMOTE": FP8_PROMOTE_DEFAULT if fp8_promote is None else bool(fp8_promote)}
-    if _INTERPRET:
-        blocks = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
-        grid = (triton.cdiv(m, blocks["BLOCK_M"]) * triton.cdiv(n, blocks["BLOCK_N"]),)
-        _scaled_gemm_kernel[grid](*args, **flags, **blocks)
+    if _INTERPRET and tiles is None:
+        tiles = (16, 32, 32, 4, 1)
+    if tiles is not None:
+        bm, bn, bk, warps, stages = tiles
+        grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+        _scaled_gemm_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=2,
+                                  num_warps=warps, num_stages=stages)
     else:
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)

@@ -58,7 +58,7 @@ CHECKS = textwrap.dedent("""
         bias = torch.randn(n, generator=g, device=DEVICE)
         for b in (None, bias):
             for promote in promote_modes if qdtype != torch.int8 else (True,):
-                out = kernels.scaled_gemm(xq, sx, wq, sw, b, out_dtype=torch.float32, fp8_promote=promote)
+                out = kernels.scaled_gemm(xq, sx, wq, sw, b, out_dtype=torch.float32, fp8_promote=promote, tiles=TILES)
                 assert torch.isfinite(out).all()
                 if qdtype == torch.int8:
                     tol = 1e-6
@@ -69,15 +69,16 @@ CHECKS = textwrap.dedent("""
                 err = gemm_error(out, xq, sx, wq, sw, b)
                 ERRORS.append((qdtype, (m, k, n), promote, err))
                 assert err <= tol, f"gemm {qdtype} {m}x{k}x{n} bias={b is not None} promote={promote}: error {err} > {tol}"
-        out = kernels.scaled_gemm(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.bfloat16)
+        out = kernels.scaled_gemm(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.bfloat16, tiles=TILES)
         ref = kernels.scaled_gemm_reference(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.float32)
         ulps = ((out.float() - ref).abs() / (ref.abs() * 2.0 ** -7 + 1e-30)).max().item()
         assert ulps <= 1.0, f"gemm bf16 {qdtype} {m}x{k}x{n}: {ulps} bf16 ulps"
 
     ERRORS = []
-    for i, (m, k, n) in enumerate(SHAPES):
-        for qdtype in (torch.int8, torch.float8_e4m3fn):
-            check_gemm(m, k, n, qdtype, seed=i, promote_modes=PROMOTE_MODES)
+    for TILES in TILE_CHOICES:  # None: the autotuner (interpreter: its fixed small tiles)
+        for i, (m, k, n) in enumerate(SHAPES):
+            for qdtype in (torch.int8, torch.float8_e4m3fn):
+                check_gemm(m, k, n, qdtype, seed=i, promote_modes=PROMOTE_MODES)
     print("kernels match their references")
 """)
 
@@ -94,7 +95,7 @@ def test_kernels_in_triton_interpreter():
         pytest.skip(f"Triton {triton.__version__}'s interpreter hands scalar kernel arguments to range() as 1-element "
                     "arrays (TypeError: only 0-dimensional arrays ...); these checks need Triton >= 3.8, as in CI")
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    script = f"ROOT = {ROOT!r}\nDEVICE = 'cpu'\nSHAPES = {SHAPES!r}\nPROMOTE_MODES = (True, False)\n" + CHECKS
+    script = f"ROOT = {ROOT!r}\nDEVICE = 'cpu'\nSHAPES = {SHAPES!r}\nPROMOTE_MODES = (True, False)\nTILE_CHOICES = (None,)\n" + CHECKS
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "kernels match their references" in result.stdout
@@ -123,7 +124,9 @@ def test_kernels_on_gpu():
     if capability < (8, 9):
         pytest.skip("fp8 tensor-core dot needs compute capability >= 8.9")
     namespace = {"ROOT": ROOT, "DEVICE": "cuda", "SHAPES": SHAPES + [(300, 512, 1000), (1000, 1024, 384)],
-                 "PROMOTE_MODES": (True, False)}
+                 "PROMOTE_MODES": (True, False),
+                 # a small and a large tile of the autotuner's list (autotuning every test shape takes minutes)
+                 "TILE_CHOICES": ((64, 128, 128, 4, 4), (128, 256, 64, 8, 5))}
     exec(compile(CHECKS, "kernel_checks", "exec"), namespace)
     worst = {}
     for qdtype, _, promote, err in namespace["ERRORS"]:
