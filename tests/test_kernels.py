@@ -9,12 +9,14 @@ equal). GEMM errors are measured against the sum of the absolute products, |xq|@
 bounds any summation order's rounding (a plain relative error blows up where products cancel):
 - int8: products are summed exactly as int32 (and exactly in the float32 reference at these K): 1e-6.
 - fp8, measured on an H100 (2026-11-24, bench/quant_linear.py): the tensor cores sum fp8 products in an
-  accumulator of ~14 mantissa bits (DeepSeek-V3 report, section 3.3.2). Fast mode (the default: all of K in
-  that accumulator, as cuBLAS's use_fast_accum=True, bit-identical errors) reached 9.97e-4 (~2^-10) of the
+  accumulator of ~14 mantissa bits (DeepSeek-V3 technical report, "Increasing Accumulation Precision").
+  Fast mode (the default: all of K in that accumulator, as cuBLAS's use_fast_accum=True, bit-identical errors) reached 9.97e-4 (~2^-10) of the
   absolute-product sum at K=13824: bound 2^-9. Promoted mode (each 128-wide K-tile added into float32, as
   cuBLAS's default) reached 2.5e-4 (the test's K=72 is a single tile): bound 2^-11. The interpreter sums in
   float32: 1e-5.
-bf16 output: within one bf16 ulp of the float32 result (the interpreter truncates where the GPU rounds).
+bf16 output: within one bf16 ulp of the float32 result (the interpreter truncates where the GPU rounds) plus
+the accumulation bound (fast fp8 accumulation on the GPU moves small, cancelling outputs by several ulps:
+4.8 ulps measured at 37x72x50).
 """
 
 import os
@@ -69,10 +71,13 @@ CHECKS = textwrap.dedent("""
                 err = gemm_error(out, xq, sx, wq, sw, b)
                 ERRORS.append((qdtype, (m, k, n), promote, err))
                 assert err <= tol, f"gemm {qdtype} {m}x{k}x{n} bias={b is not None} promote={promote}: error {err} > {tol}"
+        # bf16 output (default accumulation): one bf16 ulp of the result plus the accumulation bound above.
         out = kernels.scaled_gemm(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.bfloat16, tiles=TILES)
         ref = kernels.scaled_gemm_reference(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.float32)
-        ulps = ((out.float() - ref).abs() / (ref.abs() * 2.0 ** -7 + 1e-30)).max().item()
-        assert ulps <= 1.0, f"gemm bf16 {qdtype} {m}x{k}x{n}: {ulps} bf16 ulps"
+        accumulation = (xq.float().abs() @ wq.float().abs().t()) * sx.float() * sw.float().t()
+        tol = 1e-6 if qdtype == torch.int8 else 1e-5 if DEVICE == "cpu" else 2.0 ** -9
+        ratio = ((out.float() - ref).abs() / (ref.abs() * 2.0 ** -7 + tol * accumulation + 1e-30)).max().item()
+        assert ratio <= 1.0, f"gemm bf16 {qdtype} {m}x{k}x{n}: error {ratio}x (1 bf16 ulp + accumulation bound)"
 
     ERRORS = []
     for TILES in TILE_CHOICES:  # None: the autotuner (interpreter: its fixed small tiles)
