@@ -10,8 +10,8 @@ bounds any summation order's rounding (a plain relative error blows up where pro
 - int8: products are summed exactly as int32 (and exactly in the float32 reference at these K): 1e-6.
 - fp8, measured on an H100 (2026-11-24, bench/quant_linear.py): the tensor cores sum fp8 products in an
   accumulator of ~14 mantissa bits (DeepSeek-V3 technical report, "Increasing Accumulation Precision").
-  Fast mode (the default: all of K in that accumulator, as cuBLAS's use_fast_accum=True, bit-identical errors) reached 9.97e-4 (~2^-10) of the
-  absolute-product sum at K=13824: bound 2^-9. Promoted mode (each 128-wide K-tile added into float32, as
+  Fast mode (the default: all of K in that accumulator, as cuBLAS's use_fast_accum=True, bit-identical
+  errors) reached 9.97e-4 (~2^-10) of the absolute-product sum at K=13824: bound 2^-9. Promoted mode (each 128-wide K-tile added into float32, as
   cuBLAS's default) reached 2.5e-4 (the test's K=72 is a single tile): bound 2^-11. The interpreter sums in
   float32: 1e-5.
 bf16 output: within one bf16 ulp of the float32 result (the interpreter truncates where the GPU rounds) plus
