@@ -129,7 +129,6 @@ def bench_side_branch(s, ranks, runs, device, dtype):
                 "step_estimate_s": s["blocks"] * base_block, "step_side_branch_estimate_s": s["blocks"] * with_block,
                 "rounds_ms": {k: [round(v * 1e3, 3) for v in vals] for k, vals in samples.items()},
             })
-    del block, x, hidden
     return rows
 
 

@@ -58,6 +58,17 @@ class LightX2VWan21(comfy.model_base.WAN21):
         return super().concat_cond(**kwargs)
 
 
+def lightx2v_dit(model, node: str, native_alternative: str) -> WanDiT:
+    """The DiT inside a MODEL from LightX2V Load Wan DiT; for any other MODEL an error naming `node` and what
+    to use instead for native models."""
+    dit = getattr(model.model, "diffusion_model", None)
+    if not isinstance(dit, WanDiT):
+        raise LightX2VError(
+            f"{node} works on models loaded with 'LightX2V Load Wan DiT', but this MODEL runs {type(dit).__name__}. "
+            f"Load the model with LightX2V Load Wan DiT, or use {native_alternative} for models from native loaders.")
+    return dit
+
+
 def _weight_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
     """The dtype most of the float block weights are stored in (8-bit weights and their scales excluded)."""
     counts: dict[torch.dtype, int] = {}

@@ -22,3 +22,15 @@ def models_dir():
     import folder_paths
 
     return pathlib.Path(folder_paths.models_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: one thread is faster, and far faster on a loaded 2-core machine (no spin-waiting).
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ Needs Debian's chromium (/usr/bin/chromium) and playwright from PyPI; scripts/se
 
 import json
 import os
-import pathlib
 import time
 
 import pytest

@@ -28,13 +28,7 @@ DIFFUSERS_TOP = {"text_embedding.0": "condition_embedder.text_embedder.linear_1"
                  "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: one thread is faster, and far faster on a loaded 2-core machine (no spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def diffusers_name(module):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness import run_prompt
+from harness import run_prompt, tiny_t2v_prompt
 from lightx2v_nodes.lora.synthetic import make_lora, write_lora
 from lightx2v_nodes.quant import quantize_weight
 from lightx2v_nodes.quant.synthetic import quantized_checkpoint
@@ -39,15 +39,7 @@ def write(models_dir):
 
 
 def prompt(model_node, extra=None):
-    p = {
-        "1": model_node,
-        "2": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 1, "tokens": 12, "dim": 4096}},
-        "3": {"class_type": "LightX2VSyntheticConditioning", "inputs": {"seed": 2, "tokens": 12, "dim": 4096}},
-        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "seed": 3, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-    }
+    p = tiny_t2v_prompt(model_node, steps=2)
     p.update(extra or {})
     return p
 

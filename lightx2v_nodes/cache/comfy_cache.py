@@ -20,7 +20,8 @@ from comfy_execution.utils import get_executing_context
 
 from ..errors import LightX2VError
 from ..wan.config import WanConfig
-from ..wan.model import FEATURE_CACHE_KEY, WanDiT
+from ..comfy_adapter import lightx2v_dit
+from ..wan.model import FEATURE_CACHE_KEY
 from .settings import CacheSettings, calibration_record, check_model, load_calibration, save_calibration, start_run, too_few_steps_message
 
 log = logging.getLogger("lightx2v_nodes")
@@ -32,13 +33,7 @@ CALIBRATION_FOLDER = "magcache"  # under ComfyUI's models directory
 
 def wan_config_of(model) -> WanConfig:
     """The WanConfig of a MODEL running our DiT; a clear error for any other model."""
-    dit = getattr(model.model, "diffusion_model", None)
-    if not isinstance(dit, WanDiT):
-        raise LightX2VError(
-            f"LightX2V Feature Cache works on models loaded with 'LightX2V Load Wan DiT' (it hooks into that DiT's "
-            f"blocks), but this MODEL runs {type(dit).__name__}. Load the model with LightX2V Load Wan DiT, or use "
-            "ComfyUI's native EasyCache node (advanced/debug/model) for models from the native loaders."
-        )
+    lightx2v_dit(model, "LightX2V Feature Cache", "ComfyUI's native EasyCache node (advanced/debug/model)")
     unet_config = model.model.model_config.unet_config
     return WanConfig(**{f.name: unet_config[f.name] for f in dataclasses.fields(WanConfig) if f.name in unet_config})
 

@@ -38,6 +38,7 @@ import comfy.patcher_extension
 import comfy.utils
 import folder_paths
 
+from ..comfy_adapter import lightx2v_dit
 from ..errors import LightX2VError
 from ..wan.checkpoint import NON_BLOCK_NAME, is_block_directory, read_safetensors
 from ..wan.keys import to_original_layout
@@ -70,13 +71,7 @@ _installed: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, OffloadSchedu
 
 
 def _dit_of(patcher) -> WanDiT:
-    dit = getattr(patcher.model, "diffusion_model", None)
-    if not isinstance(dit, WanDiT):
-        raise LightX2VError(
-            f"LightX2V Offload streams the blocks of models loaded with 'LightX2V Load Wan DiT', but this MODEL runs "
-            f"{type(dit).__name__}. Load the model with LightX2V Load Wan DiT (ComfyUI's own --lowvram mode offloads "
-            "native models).")
-    return dit
+    return lightx2v_dit(patcher, "LightX2V Offload", "ComfyUI's own --lowvram mode")
 
 
 class OffloadModelPatcher(comfy.model_patcher.ModelPatcher):

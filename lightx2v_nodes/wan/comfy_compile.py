@@ -11,9 +11,8 @@ import logging
 
 import comfy.patcher_extension
 
-from ..errors import LightX2VError
+from ..comfy_adapter import lightx2v_dit
 from .compile import CompiledPhases, CompileSettings, unavailable_reason
-from .model import WanDiT
 
 log = logging.getLogger("lightx2v_nodes")
 WRAPPER_KEY = "lightx2v.compile"
@@ -22,11 +21,7 @@ _WRAPPER_TYPE = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
 
 def apply_compile(model, settings: CompileSettings):
     """A clone of `model` (a ModelPatcher of LightX2V Load Wan DiT) whose DiT blocks run compiled."""
-    dit = getattr(model.model, "diffusion_model", None)
-    if not isinstance(dit, WanDiT):
-        raise LightX2VError(
-            f"LightX2V Compile DiT compiles models loaded with 'LightX2V Load Wan DiT', but this MODEL runs "
-            f"{type(dit).__name__}. Use ComfyUI's TorchCompileModel node for native models.")
+    lightx2v_dit(model, "LightX2V Compile DiT", "ComfyUI's TorchCompileModel node")
     patched = model.clone()
     patched.remove_wrappers_with_key(_WRAPPER_TYPE, WRAPPER_KEY)
     reason = unavailable_reason(model.load_device.type, settings.backend)
