@@ -1,6 +1,7 @@
 """The example workflows, written as specs and built into UI-format JSON from the live node schemas.
 
-  .venv/bin/python tests/example_workflows_build.py      # rewrites example_workflows/*.json
+  .venv/bin/python tests/example_workflows_build.py                # rewrites example_workflows/*.json
+  .venv/bin/python tests/example_workflows_build.py --thumbnails   # also the .jpg thumbnails (needs Chromium)
 
 tests/test_example_workflows.py checks that the committed files equal what this builds now, so a node
 schema change that would break a user's graph shows up as a failing test, not as a silently shifted widget.
@@ -176,8 +177,54 @@ def build_all(node_classes) -> dict[str, dict]:
     return {spec["name"]: build_workflow(spec, node_classes) for spec in specs()}
 
 
+FIT_TO_GRAPH = """() => {
+  const nodes = window.app.graph._nodes || window.app.graph.nodes;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  window.app.canvas.ds.fitToBounds([x0, y0, x1 - x0, y1 - y0]);
+  window.app.canvas.setDirty(true, true);
+}"""
+
+
+def write_thumbnails(names):
+    """Screenshots of each workflow in the real frontend, shown by ComfyUI's template browser."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    from comfy_env import COMFY_DIR, ROOT
+    from harness import ComfyServer, http_json, make_base_dir
+
+    base = make_base_dir(pathlib.Path(tempfile.mkdtemp(prefix="lightx2v-thumbs-")), ROOT)
+    with ComfyServer(COMFY_DIR, base) as server, sync_playwright() as p:
+        # Full-detail nodes at thumbnail zoom, no minimap or canvas info in the picture.
+        for setting, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False),
+                               ("Comfy.Graph.CanvasInfo", False), ("LiteGraph.Canvas.MinFontSizeForLOD", 1),
+                               ("LiteGraph.Canvas.LowQualityRenderingZoomThreshold", 0.1)):
+            http_json(f"{server.url}/settings/{setting}", value)
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(server.url)
+        page.wait_for_function("window.app && window.app.graph && window.app.canvas", timeout=120_000)
+        for name in names:
+            workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+            page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
+            page.evaluate(FIT_TO_GRAPH)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(EXAMPLES / f"{name}.jpg"), type="jpeg", quality=70,
+                            clip={"x": 60, "y": 90, "width": 1480, "height": 820})
+            print(f"wrote example_workflows/{name}.jpg")
+        browser.close()
+
+
 def main():
     import logging
+    import sys
 
     from comfy_env import bootstrap
     from harness import load_all_nodes
@@ -186,9 +233,12 @@ def main():
     _, pack = bootstrap()
     node_classes = load_all_nodes(pack)
     EXAMPLES.mkdir(exist_ok=True)
-    for name, workflow in build_all(node_classes).items():
+    workflows = build_all(node_classes)
+    for name, workflow in workflows.items():
         (EXAMPLES / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
         print(f"wrote example_workflows/{name}.json")
+    if "--thumbnails" in sys.argv:
+        write_thumbnails(workflows)
 
 
 if __name__ == "__main__":
