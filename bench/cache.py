@@ -18,14 +18,12 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 import uuid
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
 from lightx2v_nodes.cache.settings import CacheSettings, start_run  # noqa: E402
 from lightx2v_nodes.wan import synthetic  # noqa: E402
@@ -92,10 +90,7 @@ def sample(model, noise, context, sigmas, cfg_scale, cache_run=None, easycache=N
 def native_easycache(comfy_dir: str, cpu: bool, shift: float):
     """ComfyUI's EasyCache holder + forward wrapper, or None when ComfyUI cannot be imported."""
     try:
-        sys.path.insert(0, comfy_dir)
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = cpu
+        use_comfyui(comfy_dir, cpu)
         import comfy.model_sampling
         from comfy_extras.nodes_easycache import EasyCacheHolder, easycache_forward_wrapper
     except Exception as exc:  # noqa: BLE001 - any import failure just drops the comparison
@@ -175,13 +170,12 @@ def main():
     for row in rows:
         row["speedup"] = rows[0]["seconds"] / row["seconds"]
 
-    out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    out_dir = results_dir()
+    name = device_name(device)
     with open(os.path.join(out_dir, "cache.json"), "w") as f:
-        json.dump({"device": device_name, "torch": torch.__version__, "model": cfg.variant, "latent": latent,
+        json.dump({"device": name, "torch": torch.__version__, "model": cfg.variant, "latent": latent,
                    "steps": steps, "cfg": args.cfg, "shift": args.shift, "rows": rows}, f, indent=1)
-    print(f"\nFeature caches, {cfg.variant} random weights, {device_name}, latent {latent}, {steps} steps, cfg {args.cfg}")
+    print(f"\nFeature caches, {cfg.variant} random weights, {name}, latent {latent}, {steps} steps, cfg {args.cfg}")
     print(f"{'method':>11} {'seconds':>8} {'speed-up':>8} {'skipped':>8} {'rel err':>8}  cond pattern")
     for r in rows:
         print(f"{r['method']:>11} {r['seconds']:8.2f} {r['speedup']:8.2f} {r['skipped_passes']:>4}/{r['passes']:<3} "

@@ -18,13 +18,11 @@ import gc
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
 from lightx2v_nodes.quant import quantize_dit_  # noqa: E402
 from lightx2v_nodes.wan import synthetic  # noqa: E402
@@ -39,17 +37,8 @@ SIZES = {
 }
 
 
-def output_dir():
-    path = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
 def import_comfy(comfy_dir: str, cpu: bool):
-    sys.path.insert(0, comfy_dir)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = cpu
+    use_comfyui(comfy_dir, cpu)
     import comfy.ldm.modules.attention as comfy_attention
     import comfy.ldm.wan.model as comfy_wan
     import comfy.ops
@@ -130,7 +119,7 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
         s_c, peak_c, act_c, out_c = time_forward(model, inputs, args.warmup, args.runs, device)
         label = f"{size}_{base['backend']}_compile" + (f"_{fmt}" if fmt else "")
         if args.profile:
-            profile_forward(model, inputs, label, output_dir())
+            profile_forward(model, inputs, label, results_dir())
         result.append({"size": size, "backend": f"{base['backend']}+compile" + (f"+{fmt}" if fmt else ""),
                        "native_s": base["native_s"], "ours_s": s_c, "speedup": base["native_s"] / s_c,
                        "native_peak_gib": base["native_peak_gib"], "ours_peak_gib": peak_c,
@@ -190,8 +179,8 @@ def main():
             s_native, peak_native, act_native, out_native = time_forward(native, (x, t, context), args.warmup, args.runs, device)
             s_ours, peak_ours, act_ours, out_ours = time_forward(ours, (x, t, context), args.warmup, args.runs, device)
             if args.profile:
-                profile_forward(ours, (x, t, context), f"{size}_{backend}", output_dir())
-                profile_forward(native, (x, t, context), f"{size}_{backend}_native", output_dir())
+                profile_forward(ours, (x, t, context), f"{size}_{backend}", results_dir())
+                profile_forward(native, (x, t, context), f"{size}_{backend}_native", results_dir())
             rel = ((out_ours.float() - out_native.float()).norm() / out_native.float().norm()).item()
             rows.append({"size": size, "backend": backend, "native_s": s_native, "ours_s": s_ours,
                          "speedup": s_native / s_ours, "native_peak_gib": peak_native, "ours_peak_gib": peak_ours,
@@ -207,7 +196,7 @@ def main():
             weight_gib = sum(t.numel() * t.element_size() for t in quant.state_dict().values()) / 2**30
             s_q, peak_q, act_q, out_q = time_forward(quant, (x, t, context), args.warmup, args.runs, device)
             if args.profile:
-                profile_forward(quant, (x, t, context), f"{size}_{row['backend']}_{fmt}", output_dir())
+                profile_forward(quant, (x, t, context), f"{size}_{row['backend']}_{fmt}", results_dir())
             cos = torch.nn.functional.cosine_similarity(out_q.float().flatten(), out_native.float().flatten(), dim=0).item()
             rows.append({"size": size, "backend": f"{row['backend']}+{fmt}", "native_s": row["native_s"], "ours_s": s_q,
                          "speedup": row["native_s"] / s_q, "native_peak_gib": row["native_peak_gib"], "ours_peak_gib": peak_q,
@@ -221,11 +210,11 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    out_dir = output_dir()
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    out_dir = results_dir()
+    name = device_name(device)
     with open(os.path.join(out_dir, "dit_forward.json"), "w") as f:
-        json.dump({"device": device_name, "torch": torch.__version__, "latent": latent, "rows": rows}, f, indent=1)
-    print(f"\nDiT forward, {device_name}, latent {latent}, {dtype}")
+        json.dump({"device": name, "torch": torch.__version__, "latent": latent, "rows": rows}, f, indent=1)
+    print(f"\nDiT forward, {name}, latent {latent}, {dtype}")
     print(f"{'size':>5} {'attn':>5} {'native s':>9} {'ours s':>8} {'speedup':>8} {'peak nat':>9} {'peak ours':>9} {'rel err':>8}")
     for r in rows:
         print(f"{r['size']:>5} {r['backend']:>5} {r['native_s']:9.3f} {r['ours_s']:8.3f} {r['speedup']:8.3f} "

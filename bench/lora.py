@@ -25,8 +25,7 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
 from lightx2v_nodes.lora.mapping import LowRankPatch, LoraPlan  # noqa: E402
 from lightx2v_nodes.lora.merge import merge_plan  # noqa: E402
@@ -136,10 +135,7 @@ def comfy_merge_function(comfy_dir, cpu):
     """ComfyUI's own weight-patch math, or None when ComfyUI cannot be imported."""
     if not comfy_dir or not os.path.isfile(os.path.join(comfy_dir, "comfy", "lora.py")):
         return None
-    sys.path.insert(0, comfy_dir)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = cpu
+    use_comfyui(comfy_dir, cpu)
     import comfy.float
     import comfy.lora
     import comfy.weight_adapter
@@ -196,11 +192,10 @@ def main():
     merge = bench_merge(s, 64 if 64 in ranks else ranks[0], args.merge_blocks or s["blocks"],
                         1 if args.tiny else args.merge_runs, device, dtype, comfy_merge)
 
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
+    result = {"device": device_name(device), "dtype": str(dtype),
               "shapes": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "tokens": math.prod(s["grid"]),
               "torch": torch.__version__, "side_branch": side, "merge": merge}
-    out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = results_dir()
     path = os.path.join(out_dir, "lora_tiny.json" if args.tiny else "lora.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
@@ -29,8 +28,7 @@ import psutil
 import torch
 from safetensors.torch import save_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
 from lightx2v_nodes.errors import LightX2VError  # noqa: E402
 from lightx2v_nodes.offload import OffloadScheduler, OffloadSettings  # noqa: E402
@@ -194,7 +192,7 @@ def main():
         shapes = [(64, 32, 9)]
     budgets = {k: float(v) for k, v in (item.split("=") for item in args.budgets.split(","))}
     prefetch = {k: int(v) for k, v in (item.split("=") for item in args.prefetch.split(","))}
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+    result = {"device": device_name(device), "torch": torch.__version__,
               **bandwidth(device), "rows": []}
     rss_done, first_resident_s = False, float("nan")
     for fmt in args.dtypes.split(","):
@@ -246,8 +244,7 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = results_dir()
     with open(os.path.join(out_dir, "offload.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(f"\nOffload, {result['device']}; H2D pinned {result.get('h2d_pinned_gbps', 0):.1f} GB/s, "

@@ -22,14 +22,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
 from lightx2v_nodes.quant import backends, install_quant_linears, quantize_weight  # noqa: E402
 from lightx2v_nodes.quant.formats import FORMATS  # noqa: E402
@@ -265,16 +263,15 @@ def main(argv=None):
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
     accumulation = accumulation_errors(device) if capability >= (8, 9) and kernels.TRITON_AVAILABLE else []
     resident = resident_weights(args.tiny)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result = {"device": device_name, "torch": torch.__version__, "tiny": args.tiny, "rows": rows, "block_ms": block,
+    name = device_name(device)
+    result = {"device": name, "torch": torch.__version__, "tiny": args.tiny, "rows": rows, "block_ms": block,
               "resident_weights_gib": resident, "fp8_accumulation": accumulation}
-    out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = results_dir()
     path = os.path.join(out_dir, "quant_linear" + ("_tiny" if args.tiny else "") + ".json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
 
-    print(f"\nQuantized linears on {device_name} (torch {torch.__version__}); JSON: {path}")
+    print(f"\nQuantized linears on {name} (torch {torch.__version__}); JSON: {path}")
     print(f"{'shape':24s} {'backend':34s} {'ms':>9s} {'TFLOP/s':>9s} {'x bf16':>7s} {'cosine':>8s}")
     for r in rows:
         if "skipped" in r:

@@ -18,13 +18,11 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
 from lightx2v_nodes.vae import checkpoint, synthetic  # noqa: E402
 from lightx2v_nodes.vae.taehv import DEFAULT_CHUNK_MB  # noqa: E402
@@ -34,10 +32,7 @@ WAN21_VAE_CONFIG = {"dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_b
 
 
 def import_comfy(comfy_dir: str, cpu: bool):
-    sys.path.insert(0, comfy_dir)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = cpu  # before comfy.model_management is imported (it picks the device then)
+    use_comfyui(comfy_dir, cpu)
     import comfy.ldm.wan.vae as comfy_wan_vae
     import comfy.taesd.taehv as comfy_taehv
 
@@ -157,14 +152,13 @@ def main():
         r["speedup_vs_wan_vae"] = wan_row["seconds"] / r["seconds"] if wan_row else None
         r["speedup_vs_best_comfy_taehv"] = comfy_fast / r["seconds"]
 
-    out_dir = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    out_dir = results_dir()
+    name = device_name(device)
     with open(os.path.join(out_dir, "tiny_vae.json"), "w") as f:
-        json.dump({"device": device_name, "torch": torch.__version__, "latent": latent_shape,
+        json.dump({"device": name, "torch": torch.__version__, "latent": latent_shape,
                    "taehv_dtype": str(tae_dtype), "wan_vae_dtype": str(wan_dtype), "rows": rows}, f, indent=1)
 
-    print(f"\nTiny VAE decode, {device_name}, latent {latent_shape} -> {reference.shape[2]} frames "
+    print(f"\nTiny VAE decode, {name}, latent {latent_shape} -> {reference.shape[2]} frames "
           f"{reference.shape[3]}x{reference.shape[4]}")
     print(f"{'decoder':<36} {'s':>8} {'peak GiB':>9} {'x Wan VAE':>10} {'x ComfyUI':>10} {'rel err':>8}")
     for r in rows:
