@@ -129,7 +129,8 @@ class OffloadModelPatcher(comfy.model_patcher.ModelPatcher):
             if ref.get().device != torch.device(device_to):
                 ref.point_to(ref.get().to(device_to))
         plan, request = self.current_plan(), self.offload_request
-        settings = OffloadSettings(plan.mode, plan.resident_blocks, plan.prefetch, request.lazy_dir, timing=request.timing)
+        settings = OffloadSettings(plan.mode, plan.resident_blocks, plan.prefetch, request.lazy_dir, timing=request.timing,
+                                   token_chunk=plan.token_chunk)
         counter = self._patch_blocks_lowvram()
         # The scheduler moves streamed blocks into page-locked buffers of its own; block weights that ComfyUI
         # locked in place (an earlier low-VRAM load of a clone) are unlocked first, while ComfyUI still holds them.
@@ -310,6 +311,7 @@ def _forget_load_state(base) -> None:
         state = module.__dict__
         state.pop("comfy_patched_weights", None)
         state.pop("phase_gate", None)
+        state.pop("token_chunk", None)
         if "prev_comfy_cast_weights" in state:
             module.comfy_cast_weights = state.pop("prev_comfy_cast_weights")
         for attr in ("weight_function", "bias_function"):

@@ -1,13 +1,36 @@
-"""VRAM-budget planner: budget -> offload mode (none / block / phase) and how many blocks stay resident.
+"""VRAM-budget planner: budget -> offload mode (none / block / phase), resident blocks, token chunking.
 
 Device memory of a run = non-block weights + resident blocks + (prefetch + 1) streaming slots (a block or
-a phase each) + activations + allocator slack. Activations are estimated for Wan at the run's token count
-from what the 14B model measured on the H100 (2026-11-24, peak allocated fully resident minus its weights):
-bf16 3.26 GiB at 480x832x81 (32,760 tokens); fp8 W8A8 3.50 GiB there and 7.62 GiB at 720x1280x81 (75,600
-tokens): 20.9, 22.4 and 21.1 x dim bytes per token. The estimate takes 22 x dim per token (or the FFN's
-6 x dim + 5 x ffn_dim, if larger) + 5%. Slack: under a capped caching allocator, freed activation blocks of
-mixed sizes split the cached segments; in those runs up to ~1.3 GiB at 480p was reserved but unusable when a
-float32 [tokens, dim] tensor (0.63 GiB) was asked for, so room for three of those is kept on top.
+a phase each) + activations + allocator slack. Plans without token chunking are tried first; when none
+fits, the same modes are tried with the DiT's token-chunked phases (WanBlock.token_chunk), which have a
+much smaller activation peak, and the plan line says that chunking is what makes the budget fit.
+
+Activations, per token and in units of the compute dtype's bytes E (T = tokens x batch, D = dim, F = ffn_dim):
+- Whole sequence, MEASURED (14B on the H100, 2026-11-24, peak allocated fully resident minus weights):
+  bf16 3.26 GiB at 480x832x81 (32,760 tokens), fp8 W8A8 3.50 GiB there and 7.62 GiB at 720x1280x81
+  (75,600 tokens): 20.9, 22.4 and 21.1 x D bytes per token. They match the op sequence: the peak is k's
+  RoPE in self-attention, 10 [T, D] tensors live (block input, the DiT's embedded tokens, modulated x, q,
+  k, float32 pairs and product = 2 each, rotated output) + ~0.5 of small ones. The estimate takes
+  max(11 D, 3 D + 2.5 F) x E per token + 5%; slack: three float32 [T, D] tensors (see below).
+- Token-chunked (chunk of C tokens x batch = Cb), ESTIMATED from the op sequence of the chunked phases
+  (wan/model.py), not yet measured on a GPU; the peak is the largest of
+    attention:  7 D T E   (block input + embedded tokens + q, k, v + attention output + a layout copy of
+                           it that some backends make; SDPA on CUDA writes q's layout and needs none)
+    q/k/v fill: 5 D T E + 8 D Cb E   (the chunk's LayerNorm, modulated x, projection, RMSNorm, float32 pairs
+                           and product of RoPE, rotated output)
+    FFN:        3 D T E + (3 D + 2.5 F) Cb E   (LayerNorm, modulated x, hidden, GELU out, its 8-bit copy, out)
+  + 5%. On the CPU (bench/offload_activations.py, profiler-tracked peak of one block, dim 512, ffn 1382,
+  4 heads, 8,192 tokens, 1,024-token chunks) a bf16 block's own peak fell from 9.0 to 4.3 [T, D] tensors
+  and an fp8 one's from 22.3 to 9.5 (its CPU reference GEMM computes in float32), chunked output
+  bit-equal. The 14B numbers at 720p must be re-measured on the H100 (bench/offload.py prints the
+  estimate next to the measured peak).
+Slack: under a capped caching allocator, freed activation blocks of mixed sizes split cached segments; in
+the whole-sequence runs up to ~1.3 GiB at 480p was reserved but unusable when a float32 [T, D] tensor was
+asked for, so three of those are kept free. Chunked, no float32 [T, D] tensor exists: every large request
+is one [T, D] tensor in the compute dtype, freed and asked for again at the same size (reused whole), and
+the rest are chunk-sized; room for one more [T, D] tensor is kept. (PYTORCH_CUDA_ALLOC_CONF=
+expandable_segments:True, or ComfyUI's default cudaMallocAsync backend, return free pages inside segments
+too, so there the slack is mostly unused headroom.)
 """
 
 from __future__ import annotations
@@ -23,6 +46,7 @@ GiB = 1024 ** 3
 MODES = ("auto", "block", "phase", "none")
 ACTIVATION_MARGIN = 1.05  # allocator rounding and small temporaries (modulation, scales, attention statistics)
 SLACK_TENSORS = 3  # float32 [tokens, dim] tensors of fragmentation room under a capped allocator
+CHUNK_TOKENS = 8192  # token chunk of the chunked phases: big enough for full-speed GEMMs, small temporaries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +77,25 @@ def video_tokens(width: int, height: int, frames: int) -> int:
     return ((frames - 1) // 4 + 1) * ((height // 8 + 1) // 2) * ((width // 8 + 1) // 2)
 
 
-def activation_bytes(sizes: ModelSizes, tokens: int, batch: int = 1, dtype_bytes: int = 2) -> int:
-    """Peak activation memory of one forward (+ allocator slack), for a model computing in `dtype_bytes` floats."""
-    per_token = max(22 * sizes.dim, 6 * sizes.dim + 5 * sizes.ffn_dim) * dtype_bytes // 2
-    slack = SLACK_TENSORS * 4 * sizes.dim * tokens * batch
-    return int(per_token * tokens * batch * ACTIVATION_MARGIN) + slack
+def activation_bytes(sizes: ModelSizes, tokens: int, batch: int = 1, dtype_bytes: int = 2,
+                     token_chunk: int | None = None) -> int:
+    """Peak activation memory of one forward (+ allocator slack), for a model computing in `dtype_bytes` floats,
+    whole-sequence or with phases chunked into `token_chunk` tokens (the module docstring derives it)."""
+    d, f, e, t = sizes.dim, sizes.ffn_dim, dtype_bytes, tokens * batch
+    if token_chunk is None or token_chunk >= tokens:
+        peak = max(11 * d, 3 * d + 2.5 * f) * e * t
+        slack = SLACK_TENSORS * 4 * d * t
+    else:
+        cb = chunk_size(tokens, token_chunk) * batch
+        peak = max(7 * d * t, 5 * d * t + 8 * d * cb, 3 * d * t + (3 * d + 2.5 * f) * cb) * e
+        slack = d * t * e
+    return int(peak * ACTIVATION_MARGIN) + slack
+
+
+def chunk_size(tokens: int, token_chunk: int) -> int:
+    """Tokens in the largest chunk WanBlock runs (it splits the sequence into equal-as-possible chunks)."""
+    count = -(-tokens // token_chunk)
+    return -(-tokens // count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +107,8 @@ class Plan:
     activation_bytes: int
     budget_bytes: int
     num_blocks: int
+    token_chunk: int | None = None  # WanBlock.token_chunk for the run (None: whole-sequence phases)
+    tokens: int = 0
 
     @property
     def granularity(self) -> str:
@@ -80,8 +120,13 @@ class Plan:
         else:
             head = (f"{self.mode} offload: {self.resident_blocks}/{self.num_blocks} blocks resident, "
                     f"{self.num_blocks - self.resident_blocks} streamed, prefetch {self.prefetch}")
-        return (f"{head}; weights {self.weights_bytes / GiB:.2f} GiB + activations ~{self.activation_bytes / GiB:.2f} GiB "
-                f"of a {self.budget_bytes / GiB:.2f} GiB budget")
+        chunks = ""
+        if self.token_chunk is not None:
+            size = chunk_size(self.tokens, self.token_chunk)
+            chunks = (f" (token-chunked: {-(-self.tokens // size)} chunks of {size} tokens, needed to fit; "
+                      f"whole-sequence would not)")
+        return (f"{head}; weights {self.weights_bytes / GiB:.2f} GiB + activations ~{self.activation_bytes / GiB:.2f} GiB"
+                f"{chunks} of a {self.budget_bytes / GiB:.2f} GiB budget")
 
 
 def _weights(sizes: ModelSizes, mode: str, resident: int, prefetch: int) -> int:
@@ -93,8 +138,12 @@ def _weights(sizes: ModelSizes, mode: str, resident: int, prefetch: int) -> int:
 
 
 def plan_offload(sizes: ModelSizes, budget_bytes: int, tokens: int, batch: int = 1, mode: str = "auto",
-                 prefetch: int = 1, resident_override: int = -1, dtype_bytes: int = 2) -> Plan:
-    """The plan for a budget. resident_override >= 0 fixes the resident block count (mode must stream)."""
+                 prefetch: int = 1, resident_override: int = -1, dtype_bytes: int = 2, allow_chunking: bool = True) -> Plan:
+    """The plan for a budget. resident_override >= 0 fixes the resident block count (mode must stream).
+
+    Whole-sequence phases are preferred; token chunking (when `allow_chunking` and the sequence is longer
+    than one chunk) is chosen only when no whole-sequence plan fits, and only for streaming modes.
+    """
     if mode not in MODES:
         raise LightX2VError(f"Unknown offload mode '{mode}': use one of {', '.join(MODES)}.")
     if prefetch < 1:
@@ -102,30 +151,38 @@ def plan_offload(sizes: ModelSizes, budget_bytes: int, tokens: int, batch: int =
     if resident_override > sizes.num_blocks:
         raise LightX2VError(f"resident_blocks = {resident_override} but the model has only {sizes.num_blocks} blocks: "
                             f"use -1 (planner) or a number up to {sizes.num_blocks}.")
-    act = activation_bytes(sizes, tokens, batch, dtype_bytes)
     n = sizes.num_blocks
+    chunkings = [None] + ([CHUNK_TOKENS] if allow_chunking and tokens > CHUNK_TOKENS else [])
 
-    def make(m: str, resident: int) -> Plan:
-        return Plan(m, resident, prefetch, _weights(sizes, m, resident, prefetch), act, budget_bytes, n)
+    def make(m: str, resident: int, chunk: int | None) -> Plan:
+        act = activation_bytes(sizes, tokens, batch, dtype_bytes, chunk)
+        return Plan(m, resident, prefetch, _weights(sizes, m, resident, prefetch), act, budget_bytes, n, chunk, tokens)
 
     if mode == "none":
-        return make("none", n)
+        return make("none", n, None)
     candidates = ["block", "phase"] if mode == "auto" else [mode]
-    if mode == "auto" and resident_override < 0 and _weights(sizes, "none", n, prefetch) + act <= budget_bytes:
-        return make("none", n)
-    for m in candidates:
-        if resident_override >= 0:
-            return make(m, resident_override)
-        if _weights(sizes, m, 0, prefetch) + act > budget_bytes:
-            continue
-        resident = 0
-        while resident < n and _weights(sizes, m, resident + 1, prefetch) + act <= budget_bytes:
-            resident += 1
-        return make(m, resident)
+    if resident_override >= 0:  # the first chunking that fits; if none does, the leanest (the user asked for it)
+        plans = [make(candidates[0], resident_override, chunk) for chunk in chunkings]
+        return next((p for p in plans if p.weights_bytes + p.activation_bytes <= budget_bytes), plans[-1])
+    if mode == "auto":
+        whole = make("none", n, None)
+        if whole.weights_bytes + whole.activation_bytes <= budget_bytes:
+            return whole
+    for chunk in chunkings:
+        act = activation_bytes(sizes, tokens, batch, dtype_bytes, chunk)
+        for m in candidates:
+            if _weights(sizes, m, 0, prefetch) + act > budget_bytes:
+                continue
+            resident = 0
+            while resident < n and _weights(sizes, m, resident + 1, prefetch) + act <= budget_bytes:
+                resident += 1
+            return make(m, resident, chunk)
+    act = activation_bytes(sizes, tokens, batch, dtype_bytes, chunkings[-1])
     smallest = _weights(sizes, "phase" if mode != "block" else "block", 0, 1) + act
+    chunked = " token-chunked" if chunkings[-1] is not None else ""
     raise LightX2VError(
         f"A {budget_bytes / GiB:.2f} GiB VRAM budget is too small for this model at {tokens} tokens (batch {batch}): "
-        f"streaming needs at least {smallest / GiB:.2f} GiB ({act / GiB:.2f} GiB of it activations). Lower the "
+        f"streaming needs at least {smallest / GiB:.2f} GiB ({act / GiB:.2f} GiB of it{chunked} activations). Lower the "
         "resolution or frame count, use phase mode or an fp8 model, or raise vram_budget_gb.")
 
 

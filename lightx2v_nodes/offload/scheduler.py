@@ -37,6 +37,7 @@ class OffloadSettings:
     disk_workers: int = 4
     pin_host: bool = True  # pack each streamed block into one page-locked host buffer (locked on CUDA only)
     timing: bool = False  # per-unit copy/stall log (synchronizes at the end of each run)
+    token_chunk: int | None = None  # WanBlock.token_chunk while installed (the planner's, when only chunked fits)
 
     def check(self, num_blocks: int) -> None:
         if self.granularity not in ("block", "phase"):
@@ -44,6 +45,8 @@ class OffloadSettings:
         if not 0 <= self.resident_blocks <= num_blocks:
             raise LightX2VError(f"resident_blocks must be between 0 and {num_blocks} (the model's block count), "
                                 f"got {self.resident_blocks}.")
+        if self.token_chunk is not None and self.token_chunk < 1:
+            raise LightX2VError(f"token_chunk must be a positive token count or None, got {self.token_chunk}.")
         if self.prefetch < 1:
             raise LightX2VError(f"prefetch depth must be at least 1 (got {self.prefetch}): 1 = copy the next unit "
                                 "while the current one runs.")
@@ -127,6 +130,8 @@ class OffloadScheduler:
         self.stats = []
         for b, block in enumerate(self.dit.blocks):
             block.phase_gate = functools.partial(self.gate, b)
+            if s.token_chunk is not None:
+                block.token_chunk = s.token_chunk
         self.streams.synchronize()
         self.installed = True
 
@@ -178,6 +183,7 @@ class OffloadScheduler:
             ref.point_to(original)
         for block in self.dit.blocks:
             block.__dict__.pop("phase_gate", None)
+            block.__dict__.pop("token_chunk", None)
         if self.reader is not None:
             self.reader.close()
         self.slots, self.resident_storage, self.non_block, self.in_flight, self.free = [], [], [], {}, []

@@ -102,8 +102,10 @@ class CrossAttention(SelfAttention):
             self.norm_k_img = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **kw)
         self.image_input = image_input
 
-    def forward(self, x, context, context_img_len=None):
-        q = self.heads(self.norm_q(self.q(x)))
+    def forward(self, x, context, context_img_len=None, q=None):
+        """q: the queries [B, L, heads, head_dim] if the caller projected them already (x is then unused)."""
+        if q is None:
+            q = self.heads(self.norm_q(self.q(x)))
         if self.image_input:
             # As in ComfyUI: without clip_fea (context_img_len None) both slices are the whole context.
             context_img, context = context[:, :context_img_len], context[:, context_img_len:]
@@ -117,6 +119,25 @@ class CrossAttention(SelfAttention):
 
 def _open_gate(phase: int) -> None:
     """No scheduler: every weight is already where the block runs."""
+
+
+def token_slices(length: int, chunk: int) -> list[slice]:
+    """Equal-as-possible slices of at most `chunk` tokens covering [0, length)."""
+    count = -(-length // chunk)
+    size = -(-length // count)
+    return [slice(start, min(start + size, length)) for start in range(0, length, size)]
+
+
+def chunked_tokens(fn, length: int, chunk: int) -> list[torch.Tensor]:
+    """fn(token slice) -> tensors [B, chunk, ...], chunk by chunk, written into one [B, length, ...] tensor each."""
+    outs = None
+    for s in token_slices(length, chunk):
+        parts = fn(s)
+        if outs is None:
+            outs = [p.new_empty((p.shape[0], length, *p.shape[2:])) for p in parts]
+        for out, part in zip(outs, parts):
+            out[:, s] = part
+    return outs
 
 
 class WanBlock(nn.Module):
@@ -146,20 +167,59 @@ class WanBlock(nn.Module):
         y = self.ffn(torch.addcmul(mod[3], self.norm2(x), 1 + mod[4]))
         return torch.addcmul(x, y, mod[5])
 
+    # Token-chunked variants of the phases (used when `token_chunk` is set). Every op they chunk is per token
+    # (norms, modulation, linears, RoPE, GELU, gated residual), so the result is the same; only whole-sequence
+    # temporaries shrink to one chunk: float32 RoPE/RMSNorm intermediates, the [L, ffn_dim] hidden and GELU
+    # output, 8-bit activation copies. q, k, v are written into preallocated [B, L, ...] tensors and freed
+    # right after attention, which (like the cross-attention over the context) runs on the whole sequence.
+
+    def self_attention_phase_chunked(self, x, mod, rope):
+        attn, length = self.self_attn, x.shape[1]
+
+        def qkv(s):
+            y = torch.addcmul(mod[0], self.norm1(x[:, s]), 1 + mod[1])
+            q = apply_rope(attn.heads(attn.norm_q(attn.q(y))), rope[s])
+            return q, apply_rope(attn.heads(attn.norm_k(attn.k(y))), rope[s]), attn.heads(attn.v(y))
+
+        q, k, v = chunked_tokens(qkv, length, self.token_chunk)
+        y = attn.attend(q, k, v)
+        del q, k, v
+        # contiguous: with batch > 1 a token slice is strided, and a strided input takes another (batched) GEMM path
+        return chunked_tokens(lambda s: (torch.addcmul(x[:, s], attn.o(y[:, s].contiguous()), mod[2]),), length,
+                              self.token_chunk)[0]
+
+    def cross_attention_phase_chunked(self, x, context, context_img_len):
+        attn = self.cross_attn
+        (q,) = chunked_tokens(lambda s: (attn.heads(attn.norm_q(attn.q(self.norm3(x[:, s])))),), x.shape[1], self.token_chunk)
+        return x + attn(None, context, context_img_len, q=q)
+
+    def ffn_phase_chunked(self, x, mod):
+        def ffn(s):  # ffn_phase's ops on one chunk (not a call of it: torch.compile may have replaced that one)
+            return (torch.addcmul(x[:, s], self.ffn(torch.addcmul(mod[3], self.norm2(x[:, s]), 1 + mod[4])), mod[5]),)
+
+        return chunked_tokens(ffn, x.shape[1], self.token_chunk)[0]
+
     # An offload scheduler (lightx2v_nodes.offload) sets this per block: called with the phase index (0, 1, 2)
     # before that phase runs, so the phase's weights are on the compute device when it starts.
     phase_gate = None
+    # Tokens per chunk for the chunked phases, None = whole sequence. The offload planner sets it on runs
+    # whose activations only fit a VRAM budget chunked; left None, the phases (and torch.compile's graphs of
+    # them, wan/compile.py) are untouched.
+    token_chunk = None
 
     def forward(self, x, e, freqs, context, context_img_len=None, transformer_options=None):
         # Keyword names match ComfyUI's WanAttentionBlock, so `patches_replace["dit"]` patches can call us.
         gate = self.phase_gate or _open_gate
+        chunked = self.token_chunk is not None and self.token_chunk < x.shape[1]
         gate(0)
         mod = self.modulation_terms(e, x)
-        x = self.self_attention_phase(x.contiguous(), mod, freqs)
+        phase = self.self_attention_phase_chunked if chunked else self.self_attention_phase
+        x = phase(x.contiguous(), mod, freqs)
         gate(1)
-        x = self.cross_attention_phase(x, context, context_img_len)
+        phase = self.cross_attention_phase_chunked if chunked else self.cross_attention_phase
+        x = phase(x, context, context_img_len)
         gate(2)
-        return self.ffn_phase(x, mod)
+        return self.ffn_phase_chunked(x, mod) if chunked else self.ffn_phase(x, mod)
 
 
 class Head(nn.Module):
