@@ -3,24 +3,74 @@
 Forward hooks on the target modules add the low-rank path to whatever the layer returns, so it works for
 every weight format (bf16, fp8, int8, offloaded) and costs ~rank/dim extra FLOPs. Hooks live only inside
 `installed(...)`, so nothing is left on the shared modules between runs.
+
+The branch is memory-bound at video shapes: its cost is reading the layer input for x @ down^T and reading +
+writing the output once more for the in-place add. Sibling layers that are fed the same input tensor (q/k/v
+of self-attention) therefore share one projection: the first of them to run computes x @ [down_q; down_k;
+down_v]^T, reading x once instead of three times, and each adds its own column slice of the result.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .mapping import LowRankPatch
 
+# Wan layers (original names) that the model calls with the very same input tensor, by parent module:
+# self-attention projects q, k, v from x; cross-attention projects k, v from the text context and k_img, v_img
+# from the image context (its q reads x, so it is not grouped with them). A wrong entry here would only cost
+# speed, never correctness: a shared projection is reused only for the identical, unmodified input tensor.
+SHARED_INPUT = {"self_attn": (("q", "k", "v"),), "cross_attn": (("k", "v"), ("k_img", "v_img"))}
+
+
+def input_groups(modules: list[str]) -> list[tuple[str, ...]]:
+    """Partition module names into groups fed the same input (singletons for everything else)."""
+    present, groups = set(modules), set()
+    for name in modules:
+        parent, _, leaf = name.rpartition(".")
+        siblings = next((s for s in SHARED_INPUT.get(parent.rpartition(".")[2], ()) if leaf in s), None)
+        groups.add(tuple(m for m in (f"{parent}.{s}" for s in siblings) if m in present) if siblings else (name,))
+    return sorted(groups)
+
+
+@dataclass
+class _SharedProjection:
+    """x @ down_group^T for one input tensor, kept until every member of the group has taken its slice."""
+
+    x: torch.Tensor  # the input itself: held so its memory cannot be reused by another tensor meanwhile
+    signature: tuple
+    h: torch.Tensor  # [tokens, sum of the members' ranks], in the dtype it was computed for
+    waiting: set[str]
+
+
+def _signature(x: torch.Tensor) -> tuple:
+    # Inference tensors (ComfyUI samples in inference mode) keep no version counter; for them, in-place writes
+    # to x between two siblings' calls cannot be seen (Wan never does that). Storage, shape and strides can.
+    version = None if x.is_inference() else x._version
+    return version, x.data_ptr(), x.shape, x.stride()
+
 
 class SideBranches:
-    def __init__(self, patches: list[LowRankPatch], strength: float):
+    def __init__(self, patches: list[LowRankPatch], strength: float, share_inputs: bool = True):
+        """share_inputs=False: every module projects its own input (the reference path, for tests and benchmarks)."""
         self.branches: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
         for p in patches:
             self.branches.setdefault(p.module, []).append((p.down.flatten(1), p.up.flatten(1), strength * p.scale))
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.groups: dict[str, tuple[str, ...]] = {}  # module -> the modules sharing its projection (itself alone or more)
+        self.columns: dict[str, tuple[int, int]] = {}  # module -> its rows in the group's stacked down matrix
+        for group in input_groups(list(self.branches)) if share_inputs else [(m,) for m in self.branches]:
+            fan_ins = {down.shape[1] for m in group for down, _, _ in self.branches[m]}
+            for g in ([group] if len(fan_ins) == 1 else [(m,) for m in group]):  # differing fan-ins: none shared
+                start = 0
+                for m in g:
+                    stop = start + sum(down.shape[0] for down, _, _ in self.branches[m])
+                    self.groups[m], self.columns[m], start = g, (start, stop), stop
+        self._cache: dict[tuple, torch.Tensor] = {}
+        self._shared: dict[tuple[str, ...], _SharedProjection] = {}
 
     @property
     def modules(self) -> list[str]:
@@ -30,27 +80,58 @@ class SideBranches:
         """ComfyUI moves sampling wrappers to the compute device and back: drop copies on other devices."""
         if not isinstance(target, torch.dtype):
             kind = torch.device(target).type
-            self._cache = {k: v for k, v in self._cache.items() if k[2].type == kind}
+            self._cache = {k: v for k, v in self._cache.items() if k[-2].type == kind}
         return self
 
-    def _weights(self, module: str, index: int, device, dtype):
-        key = (module, index, device, dtype)
+    def _cached(self, key: tuple, make) -> torch.Tensor:
         if key not in self._cache:
-            down, up, _ = self.branches[module][index]
-            self._cache[key] = (down.to(device=device, dtype=dtype), up.to(device=device, dtype=dtype))
+            with torch.inference_mode(False):  # normal tensors: usable by later runs with autograd too
+                self._cache[key] = make()
         return self._cache[key]
+
+    def _down(self, group: tuple[str, ...], device, dtype) -> torch.Tensor:
+        """The group's down matrices stacked [sum of ranks, in]; a member's rows are a contiguous slice."""
+        return self._cached(("down", group, device, dtype), lambda: torch.cat(
+            [down.to(device=device, dtype=dtype) for m in group for down, _, _ in self.branches[m]]))
+
+    def _up(self, module: str, index: int, device, dtype) -> torch.Tensor:
+        return self._cached(("up", module, index, device, dtype),
+                            lambda: self.branches[module][index][1].to(device=device, dtype=dtype))
+
+    def _projection(self, name: str, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """x @ down^T of this module's pairs [tokens, its ranks], shared with its group where possible."""
+        group, (start, stop) = self.groups[name], self.columns[name]
+        down = self._down(group, output.device, output.dtype)
+        if len(group) == 1:
+            return F.linear(x.reshape(-1, x.shape[-1]).to(output.dtype), down)
+        shared = self._shared.get(group)
+        if shared is not None and shared.x is x and name in shared.waiting and shared.signature == _signature(x):
+            if shared.h.dtype != output.dtype or shared.h.device != output.device:
+                return F.linear(x.reshape(-1, x.shape[-1]).to(output.dtype), down[start:stop])
+            shared.waiting.discard(name)
+            if not shared.waiting:
+                del self._shared[group]  # every member has its slice: release h (and x)
+            return shared.h[:, start:stop]
+        # First member to run on this input (or the input changed): one GEMM for the whole group.
+        h = F.linear(x.reshape(-1, x.shape[-1]).to(output.dtype), down)
+        self._shared[group] = _SharedProjection(x, _signature(x), h, set(group) - {name})
+        return h[:, start:stop]
 
     def _hook(self, name: str):
         def add_branches(module, args, kwargs, output):
             x = args[0] if args else kwargs["input"]
-            for index, (_, _, factor) in enumerate(self.branches[name]):
-                down, up = self._weights(name, index, output.device, output.dtype)
-                h = F.linear(x.to(output.dtype), down)
+            h_all = self._projection(name, x, output)
+            start = 0
+            for index, (down, _, factor) in enumerate(self.branches[name]):
+                h = h_all[:, start:start + down.shape[0]]
+                start += down.shape[0]
+                up = self._up(name, index, output.device, output.dtype)
                 if output.is_contiguous() and not output.requires_grad:
-                    # In place into the layer's fresh output: no extra [tokens, out] tensor.
-                    output.view(-1, output.shape[-1]).addmm_(h.view(-1, h.shape[-1]), up.t(), alpha=factor)
+                    # In place into the layer's fresh output: no extra [tokens, out] tensor, one read + write.
+                    output.view(-1, output.shape[-1]).addmm_(h, up.t(), alpha=factor)
                 else:
-                    output = output + F.linear(h, up) * factor
+                    # Same fused multiply-add, out of place (autograd, or outputs that are views).
+                    output = torch.addmm(output.reshape(-1, output.shape[-1]), h, up.t(), alpha=factor).view(output.shape)
             return output
         return add_branches
 
@@ -64,3 +145,4 @@ class SideBranches:
         finally:
             for handle in handles:
                 handle.remove()
+            self._shared.clear()  # projections of members that never ran
