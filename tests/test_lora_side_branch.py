@@ -209,3 +209,25 @@ def test_outputs_that_need_autograd_take_the_out_of_place_add():
     assert got.requires_grad and rel_err(got.detach(), want) <= TOL
     got.square().mean().backward()
     assert dit.blocks[0].self_attn.q.weight.grad is not None
+
+
+def test_compiled_phases_trace_without_graph_breaks():
+    """Under torch.compile the shared cache is bypassed: its host bookkeeping would split the phase's graph."""
+    from lightx2v_nodes.wan.attention import attention_function
+    from lightx2v_nodes.wan.model import rope_tables
+
+    cfg = wan_synthetic.tiny_config(layers=1)
+    dit = make_model(cfg, wan_synthetic.random_state_dict(cfg, seed=1))
+    block = dit.blocks[0]
+    block.self_attn.attend = attention_function("sdpa")
+    gen = torch.Generator().manual_seed(0)
+    x, mod = torch.randn(1, 48, cfg.dim, generator=gen), [torch.randn(1, 1, cfg.dim, generator=gen) * 0.1 for _ in range(6)]
+    rope = rope_tables(128, 3, 4, 4, device="cpu")
+    branches = SideBranches(low_rank_patches(cfg, 2, SELF), 1.0)
+    with torch.inference_mode(), branches.installed(dit):
+        eager = block.self_attention_phase(x, mod, rope)
+        explained = torch._dynamo.explain(lambda x: block.self_attention_phase(x, mod, rope))(x)
+        compiled = torch.compile(lambda x: block.self_attention_phase(x, mod, rope), backend="aot_eager")(x)
+    torch._dynamo.reset()
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert rel_err(compiled, eager) <= TOL

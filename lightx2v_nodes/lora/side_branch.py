@@ -102,8 +102,9 @@ class SideBranches:
         """x @ down^T of this module's pairs [tokens, its ranks], shared with its group where possible."""
         group, (start, stop) = self.groups[name], self.columns[name]
         down = self._down(group, output.device, output.dtype)
-        if len(group) == 1:
-            return F.linear(x.reshape(-1, x.shape[-1]).to(output.dtype), down)
+        if len(group) == 1 or torch.compiler.is_compiling():
+            # Under torch.compile the compiler owns the graph (and the cache's host bookkeeping would break it).
+            return F.linear(x.reshape(-1, x.shape[-1]).to(output.dtype), down[start:stop])
         shared = self._shared.get(group)
         if shared is not None and shared.x is x and name in shared.waiting and shared.signature == _signature(x):
             if shared.h.dtype != output.dtype or shared.h.device != output.device:
