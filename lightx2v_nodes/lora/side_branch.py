@@ -6,7 +6,7 @@ every weight format (bf16, fp8, int8, offloaded) and costs ~rank/dim extra FLOPs
 
 The branch is memory-bound at video shapes: its cost is reading the layer input for x @ down^T and reading +
 writing the output once more for the in-place add. Sibling layers that are fed the same input tensor (q/k/v
-of self-attention) therefore share one projection: the first of them to run computes x @ [down_q; down_k;
+of self-attention, k/v and k_img/v_img of cross-attention) therefore share one projection: the first of them to run computes x @ [down_q; down_k;
 down_v]^T, reading x once instead of three times, and each adds its own column slice of the result.
 """
 
@@ -23,7 +23,7 @@ from .mapping import LowRankPatch
 # Wan layers (original names) that the model calls with the very same input tensor, by parent module:
 # self-attention projects q, k, v from x; cross-attention projects k, v from the text context and k_img, v_img
 # from the image context (its q reads x, so it is not grouped with them). A wrong entry here would only cost
-# speed, never correctness: a shared projection is reused only for the identical, unmodified input tensor.
+# speed, never correctness: a shared projection is reused only for the identical input tensor, unmodified.
 SHARED_INPUT = {"self_attn": (("q", "k", "v"),), "cross_attn": (("k", "v"), ("k_img", "v_img"))}
 
 
