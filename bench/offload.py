@@ -32,7 +32,8 @@ from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E4
 
 from lightx2v_nodes.errors import LightX2VError  # noqa: E402
 from lightx2v_nodes.offload import OffloadScheduler, OffloadSettings  # noqa: E402
-from lightx2v_nodes.offload.planner import GiB, ModelSizes, plan_offload, video_tokens  # noqa: E402
+from lightx2v_nodes.offload.planner import (  # noqa: E402
+    CHUNK_TOKENS, GiB, ModelSizes, activation_bytes, chunk_size, plan_offload, video_tokens)
 from lightx2v_nodes.quant import install_quant_linears  # noqa: E402
 from lightx2v_nodes.quant.formats import is_block_linear, quantize_weight  # noqa: E402
 from lightx2v_nodes.wan import synthetic  # noqa: E402
@@ -110,30 +111,36 @@ def bandwidth(device) -> dict:
     return out
 
 
-def refusals(sizes, budget, tokens, modes, prefetch) -> dict[str, str]:
-    """Modes the planner refuses for this budget and shape, with its reason."""
+def plans(sizes, budget, tokens, modes, prefetch, chunk) -> dict[str, object]:
+    """The planner's plan per mode for this budget and shape, or its reason for refusing (a string)."""
     out = {}
     for mode in modes:
         try:
-            plan_offload(sizes, budget, tokens, 1, mode, prefetch[mode])
+            out[mode] = plan_offload(sizes, budget, tokens, 1, mode, prefetch[mode], chunk_tokens=chunk)
         except LightX2VError as exc:
             out[mode] = f"planner: {exc}"
     return out
 
 
-def run_offloaded(dit, args, sizes, mode, budget, prefetch, runs, warmup, device, lazy_dir=None, rss_runs=0):
+def set_token_chunk(dit, chunk) -> None:
+    for block in dit.blocks:
+        block.token_chunk = chunk
+
+
+def run_offloaded(dit, args, sizes, mode, budget, prefetch, runs, warmup, device, lazy_dir=None, rss_runs=0,
+                  chunk=CHUNK_TOKENS):
     tokens = video_tokens(*args["shape"])
     try:
-        plan = plan_offload(sizes, budget, tokens, 1, mode, prefetch)
+        plan = plan_offload(sizes, budget, tokens, 1, mode, prefetch, chunk_tokens=chunk)
     except LightX2VError as exc:
         return {"mode": mode, "error": f"planner: {exc}"}, None
     row = {"estimated_activation_gib": plan.activation_bytes / GiB, "mode": plan.mode, "resident_blocks": plan.resident_blocks, "prefetch": prefetch, "plan": plan.describe(),
-           "lazy": bool(lazy_dir)}
+           "lazy": bool(lazy_dir), "token_chunk": plan.token_chunk}
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(budget / torch.cuda.get_device_properties(device).total_memory)
     scheduler = OffloadScheduler(dit, OffloadSettings(plan.mode if plan.mode != "none" else "block", plan.resident_blocks,
-                                                      prefetch, lazy_dir), device)
+                                                      prefetch, lazy_dir, token_chunk=plan.token_chunk), device)
     try:
         scheduler.install()
         if device.type == "cuda":
@@ -181,19 +188,22 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rss-runs", type=int, default=10, help="extra runs for the host-RAM check (first config)")
     parser.add_argument("--lazy", action="store_true", help="also fp8 lazy mode from a per-block folder on disk")
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke run at a tiny shape")
+    parser.add_argument("--chunk-tokens", type=int, default=CHUNK_TOKENS,
+                        help="token chunk the planner may turn on when only chunked activations fit")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run at tiny shapes (the second one chunked)")
     args = parser.parse_args()
 
     device = torch.device("cpu" if args.tiny else "cuda")
     cfg = TINY if args.tiny else WAN14B
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     shapes = [(w, h, f) for h, w, f in shapes]  # given as HxWxF
+    chunk = 16 if args.tiny else args.chunk_tokens
     if args.tiny:
-        shapes = [(64, 32, 9)]
+        shapes = [(64, 32, 9), (96, 64, 9)]
     budgets = {k: float(v) for k, v in (item.split("=") for item in args.budgets.split(","))}
     prefetch = {k: int(v) for k, v in (item.split("=") for item in args.prefetch.split(","))}
-    result = {"device": device_name(device), "torch": torch.__version__,
-              **bandwidth(device), "rows": []}
+    result = {"device": device_name(device), "torch": torch.__version__, "chunk_tokens": chunk,
+              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""), **bandwidth(device), "rows": []}
     rss_done, first_resident_s = False, float("nan")
     for fmt in args.dtypes.split(","):
         rss_start = rss_gb()
@@ -202,15 +212,18 @@ def main():
         print(f"{fmt}: host model built, RSS {rss_start:.1f} -> {rss_gb():.1f} GB; block {sizes.block_bytes / 1e9:.3f} GB, "
               f"phase {sizes.phase_bytes / 1e9:.3f} GB, non-block {sizes.non_block_bytes / 1e9:.3f} GB", flush=True)
         budget = int(budgets[fmt] * GiB)
-        if args.tiny:  # non-block + activations + room for two resident blocks, so every path runs
-            budget = plan_offload(sizes, 1 << 40, video_tokens(*shapes[0]), mode="block", resident_override=2).weights_bytes + \
-                plan_offload(sizes, 1 << 40, video_tokens(*shapes[0])).activation_bytes
         for index, shape in enumerate(shapes):
             if index > 0 and fmt != "fp8":
                 continue
+            if args.tiny:  # every path runs: two resident blocks; the second shape fits only chunked, with none
+                tokens = video_tokens(*shape)
+                budget = plan_offload(sizes, 1 << 40, tokens, mode="block", resident_override=2 if index == 0 else 0
+                                      ).weights_bytes + activation_bytes(sizes, tokens, token_chunk=chunk if index else None)
+            first_budget = budget if index == 0 else first_budget
             common = {"dtype": fmt, "shape": "x".join(map(str, (shape[1], shape[0], shape[2]))), "budget_gib": budget / GiB}
             modes = args.modes.split(",") if index == 0 else ["block"]
-            refused = refusals(sizes, budget, video_tokens(*shape), modes, prefetch)
+            planned = plans(sizes, budget, video_tokens(*shape), modes, prefetch, chunk)
+            refused = {mode: p for mode, p in planned.items() if isinstance(p, str)}
             if len(refused) == len(modes):  # nothing to compare against: skip the resident baseline too
                 for mode, reason in refused.items():
                     result["rows"].append({**common, "mode": mode, "error": reason})
@@ -224,6 +237,13 @@ def main():
             if index == 0:
                 first_resident_s = resident_s
             resident_peak = torch.cuda.max_memory_allocated() / GiB if device.type == "cuda" else 0.0
+            # Chunked plans: the resident model chunked the same way is the same-arithmetic reference (on the GPU
+            # a GEMM with fewer rows may pick other tiles); the difference to the whole-sequence run is reported.
+            chunked_reference = {}
+            for c in {p.token_chunk for p in planned.values() if not isinstance(p, str) and p.token_chunk}:
+                set_token_chunk(dit, c)
+                chunked_reference[c] = timed(dit, tensors, 1, 0, device)[1]
+                set_token_chunk(dit, None)
             dit.to("cpu")
             result["rows"].append({**common, "mode": "resident", "s_per_step": resident_s, "peak_allocated_gib": resident_peak})
             print(result["rows"][-1], flush=True)
@@ -231,13 +251,17 @@ def main():
                 rss_runs = 0 if rss_done else args.rss_runs
                 rss_done = True
                 row, out = run_offloaded(dit, {"shape": shape, "tensors": tensors}, sizes, mode, budget, prefetch[mode],
-                                         args.runs, args.warmup, device, rss_runs=rss_runs)
+                                         args.runs, args.warmup, device, rss_runs=rss_runs, chunk=chunk)
+                same = chunked_reference.get(row.get("token_chunk"), reference)
                 row.update(common, ratio_to_resident=row.get("s_per_step", float("nan")) / resident_s,
-                           equal_to_resident=bool(out is not None and torch.equal(out, reference)))
+                           equal_to_resident=bool(out is not None and torch.equal(out, same)))
+                if out is not None and row.get("token_chunk"):
+                    row["max_abs_diff_to_whole_sequence"] = (out.float() - reference.float()).abs().max().item()
+                    row["equal_to_whole_sequence"] = bool(torch.equal(out, reference))
                 result["rows"].append(row)
                 print({k: v for k, v in row.items() if k != "per_unit_ms"}, flush=True)
         if args.lazy and fmt == "fp8" or args.tiny:
-            result["rows"].append(lazy_row(dit, cfg, fmt, sizes, shapes[0], budget, prefetch["block"], args, device,
+            result["rows"].append(lazy_row(dit, cfg, fmt, sizes, shapes[0], first_budget, prefetch["block"], args, device,
                                            first_resident_s))
             print({k: v for k, v in result["rows"][-1].items() if k != "per_unit_ms"}, flush=True)
         del dit
@@ -248,21 +272,27 @@ def main():
     with open(os.path.join(out_dir, "offload.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(f"\nOffload, {result['device']}; H2D pinned {result.get('h2d_pinned_gbps', 0):.1f} GB/s, "
-          f"pageable {result.get('h2d_pageable_gbps', 0):.1f} GB/s; step = one forward at batch 1")
-    print(f"{'fmt':>4} {'shape':>11} {'mode':>8} {'lazy':>4} {'res':>3} {'s/step':>7} {'x res':>6} {'peak GiB':>8} "
-          f"{'cap':>4} {'act est/got':>11} {'copy ms':>8} {'stall ms':>8} {'GB/s':>5} {'RSS GB':>11} {'equal':>5}")
+          f"pageable {result.get('h2d_pageable_gbps', 0):.1f} GB/s; step = one forward at batch 1; "
+          f"PYTORCH_CUDA_ALLOC_CONF='{result['alloc_conf']}'")
+    print(f"{'fmt':>4} {'shape':>11} {'mode':>8} {'lazy':>4} {'res':>3} {'chunk':>5} {'s/step':>7} {'x res':>6} "
+          f"{'peak GiB':>8} {'cap':>5} {'act est/got':>11} {'copy ms':>8} {'stall ms':>8} {'GB/s':>5} {'RSS GB':>11} "
+          f"{'equal':>5} {'vs whole':>8}")
     for r in result["rows"]:
         rss = f"{r['rss_before_gb']:.1f}->{r['rss_after_gb']:.1f}" if "rss_before_gb" in r else ""
         act = f"{r['estimated_activation_gib']:.2f}/{r['activation_gib']:.2f}" if "activation_gib" in r else ""
         if "error" in r:
             print(f"{r['dtype']:>4} {r['shape']:>11} {r['mode']:>8} {r['error']}")
             continue
+        tokens = video_tokens(*(int(v) for v in (r["shape"].split("x")[1], r["shape"].split("x")[0], r["shape"].split("x")[2])))
+        chunk = chunk_size(tokens, r["token_chunk"]) if r.get("token_chunk") else ""
+        whole = ("=" if r["equal_to_whole_sequence"] else f"{r['max_abs_diff_to_whole_sequence']:.1e}") \
+            if "equal_to_whole_sequence" in r else ""
         print(f"{r['dtype']:>4} {r['shape']:>11} {r['mode']:>8} {'yes' if r.get('lazy') else '':>4} "
-              f"{r.get('resident_blocks', '') if r['mode'] != 'resident' else '':>3} {r['s_per_step']:7.3f} "
-              f"{r.get('ratio_to_resident', 1.0 if r['mode'] == 'resident' else float('nan')):6.3f} {r['peak_allocated_gib']:8.2f} {r['budget_gib']:4.0f} "
-              f"{act:>11} "
+              f"{r.get('resident_blocks', '') if r['mode'] != 'resident' else '':>3} {chunk:>5} {r['s_per_step']:7.3f} "
+              f"{r.get('ratio_to_resident', 1.0 if r['mode'] == 'resident' else float('nan')):6.3f} "
+              f"{r['peak_allocated_gib']:8.2f} {r['budget_gib']:5.4g} {act:>11} "
               f"{r.get('copy_ms', 0):8.1f} {r.get('stall_ms', 0):8.1f} {r.get('copy_gbps', 0):5.1f} {rss:>11} "
-              f"{str(r.get('equal_to_resident', '')):>5}")
+              f"{str(r.get('equal_to_resident', '')):>5} {whole:>8}")
 
 
 def write_block_folder(dit, folder):

@@ -247,3 +247,29 @@ def test_plan_changes_between_runs_and_int8_model(tiny_files, reference):
     q_plain = sample({"m": loader(tiny_files[0], "int8-weight-only")}, ["m", 0]).output("ks")["samples"]
     q_off = sample({"m": loader(tiny_files[0], "int8-weight-only"), "o": offload(["m", 0], mode="phase", resident=0)}, ["o", 0])
     assert torch.equal(q_off.output("ks")["samples"], q_plain)
+
+
+def test_budget_that_fits_only_token_chunked(tiny_files, reference, traced):
+    """A budget between the chunked and whole-sequence activation estimates: the plan chunks, says so, and the
+    sampled latent is still bit-equal to the plain model's."""
+    from lightx2v_nodes.offload.planner import GiB, ModelSizes, activation_bytes, plan_offload
+
+    run = sample({"m": loader(tiny_files[0]), "o": offload(["m", 0], mode="block")}, ["o", 0])
+    patcher = run.output("o")
+    sizes = ModelSizes.of(patcher.model.diffusion_model)
+    # 32x32x5 latent -> 2 x 2 x 2 tokens; cond + uncond. ComfyUI computes in float32 here, and MKL's float32
+    # GEMM takes another path below 8 rows (3 tokens x batch 2 differ in the last bit): chunks of 4 tokens.
+    tokens, batch, chunk = 8, 2, 4
+    weights = plan_offload(sizes, 1 << 40, tokens, batch, "block", resident_override=0).weights_bytes
+    budget = weights + activation_bytes(sizes, tokens, batch, token_chunk=chunk)
+    assert weights + activation_bytes(sizes, tokens, batch) > budget  # whole-sequence does not fit
+    request = patcher.attachments["lightx2v_offload"]
+    patcher.set_attachments("lightx2v_offload", type(request)(**{**request.__dict__, "budget_gb": budget / GiB,
+                                                                  "chunk_tokens": chunk}))
+    out = _ksample(patcher, run.output("c1"), run.output("c2"), run.output("lat"))
+    plan = patcher.offload_plan
+    assert plan.token_chunk == chunk and plan.resident_blocks == 0
+    assert "token-chunked: 2 chunks of 4 tokens, needed to fit" in plan.describe()
+    assert traced[-1].settings.token_chunk == chunk and traced[-1].installed
+    assert all(block.token_chunk == chunk for block in patcher.model.diffusion_model.blocks)
+    assert torch.equal(out, reference)

@@ -16,6 +16,8 @@ How it cooperates with comfy.model_management (0.3.75):
   first, and ComfyUI never pins the new buffers (they already report is_pinned). LoRA weight patches on block layers become ComfyUI LowVramPatch weight
   functions, applied to the streamed copy on the GPU as in ComfyUI's low-VRAM mode, so the host weights
   are never rewritten and host RAM stays flat; side-branch LoRAs are forward hooks and need nothing.
+- When only token-chunked activations fit the budget at the run's resolution, the plan says so and the
+  scheduler sets WanBlock.token_chunk while installed (bit-equal output, smaller activation peak).
 - `unpatch_model` / `detach` uninstall the scheduler first, so the module is plain again whenever another
   clone takes over; `partially_unload` frees nothing piecemeal (returns 0), which makes ComfyUI unload the
   model completely when it needs the memory.
@@ -43,7 +45,7 @@ from ..errors import LightX2VError
 from ..wan.checkpoint import NON_BLOCK_NAME, is_block_directory, read_safetensors
 from ..wan.keys import to_original_layout
 from ..wan.model import WanDiT
-from .planner import GiB, MODES, ModelSizes, Plan, latent_tokens, plan_offload
+from .planner import CHUNK_TOKENS, GiB, MODES, ModelSizes, Plan, latent_tokens, plan_offload
 from .scheduler import OffloadScheduler, OffloadSettings
 from .units import non_block_refs, placeholder, tensor_bytes
 
@@ -65,6 +67,7 @@ class OffloadRequest:
     prefetch: int = 1
     lazy_dir: str | None = None
     timing: bool = False
+    chunk_tokens: int = CHUNK_TOKENS  # token chunk the planner may turn on when only chunked activations fit
 
 
 _installed: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, OffloadScheduler]]" = weakref.WeakKeyDictionary()
@@ -206,7 +209,7 @@ def make_plan(patcher, tokens: int, batch: int) -> Plan:
     dtype = patcher.model.get_dtype()
     dtype_bytes = torch.empty((), dtype=dtype).element_size() if dtype is not None else 2
     return plan_offload(sizes, budget_bytes(patcher, request), tokens, batch, request.mode, request.prefetch,
-                        request.resident_blocks, dtype_bytes)
+                        request.resident_blocks, dtype_bytes, chunk_tokens=request.chunk_tokens)
 
 
 def _outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):

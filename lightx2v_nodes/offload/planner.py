@@ -79,17 +79,22 @@ def video_tokens(width: int, height: int, frames: int) -> int:
 
 def activation_bytes(sizes: ModelSizes, tokens: int, batch: int = 1, dtype_bytes: int = 2,
                      token_chunk: int | None = None) -> int:
-    """Peak activation memory of one forward (+ allocator slack), for a model computing in `dtype_bytes` floats,
+    """Peak activation memory of one forward + allocator slack, for a model computing in `dtype_bytes` floats,
     whole-sequence or with phases chunked into `token_chunk` tokens (the module docstring derives it)."""
+    t = tokens * batch
+    whole = token_chunk is None or token_chunk >= tokens
+    slack = SLACK_TENSORS * 4 * sizes.dim * t if whole else sizes.dim * t * dtype_bytes
+    return int(activation_peak_bytes(sizes, tokens, batch, dtype_bytes, token_chunk) * ACTIVATION_MARGIN) + slack
+
+
+def activation_peak_bytes(sizes: ModelSizes, tokens: int, batch: int = 1, dtype_bytes: int = 2,
+                          token_chunk: int | None = None) -> int:
+    """The modelled activation peak alone (no margin, no slack)."""
     d, f, e, t = sizes.dim, sizes.ffn_dim, dtype_bytes, tokens * batch
     if token_chunk is None or token_chunk >= tokens:
-        peak = max(11 * d, 3 * d + 2.5 * f) * e * t
-        slack = SLACK_TENSORS * 4 * d * t
-    else:
-        cb = chunk_size(tokens, token_chunk) * batch
-        peak = max(7 * d * t, 5 * d * t + 8 * d * cb, 3 * d * t + (3 * d + 2.5 * f) * cb) * e
-        slack = d * t * e
-    return int(peak * ACTIVATION_MARGIN) + slack
+        return int(max(11 * d, 3 * d + 2.5 * f) * e * t)
+    cb = chunk_size(tokens, token_chunk) * batch
+    return int(max(7 * d * t, 5 * d * t + 8 * d * cb, 3 * d * t + (3 * d + 2.5 * f) * cb) * e)
 
 
 def chunk_size(tokens: int, token_chunk: int) -> int:
@@ -138,11 +143,12 @@ def _weights(sizes: ModelSizes, mode: str, resident: int, prefetch: int) -> int:
 
 
 def plan_offload(sizes: ModelSizes, budget_bytes: int, tokens: int, batch: int = 1, mode: str = "auto",
-                 prefetch: int = 1, resident_override: int = -1, dtype_bytes: int = 2, allow_chunking: bool = True) -> Plan:
+                 prefetch: int = 1, resident_override: int = -1, dtype_bytes: int = 2, allow_chunking: bool = True,
+                 chunk_tokens: int = CHUNK_TOKENS) -> Plan:
     """The plan for a budget. resident_override >= 0 fixes the resident block count (mode must stream).
 
-    Whole-sequence phases are preferred; token chunking (when `allow_chunking` and the sequence is longer
-    than one chunk) is chosen only when no whole-sequence plan fits, and only for streaming modes.
+    Whole-sequence phases are preferred; token chunking into `chunk_tokens` (when `allow_chunking` and the
+    sequence is longer than one chunk) is chosen only when no whole-sequence plan fits, for streaming modes.
     """
     if mode not in MODES:
         raise LightX2VError(f"Unknown offload mode '{mode}': use one of {', '.join(MODES)}.")
@@ -152,7 +158,7 @@ def plan_offload(sizes: ModelSizes, budget_bytes: int, tokens: int, batch: int =
         raise LightX2VError(f"resident_blocks = {resident_override} but the model has only {sizes.num_blocks} blocks: "
                             f"use -1 (planner) or a number up to {sizes.num_blocks}.")
     n = sizes.num_blocks
-    chunkings = [None] + ([CHUNK_TOKENS] if allow_chunking and tokens > CHUNK_TOKENS else [])
+    chunkings = [None] + ([chunk_tokens] if allow_chunking and tokens > chunk_tokens else [])
 
     def make(m: str, resident: int, chunk: int | None) -> Plan:
         act = activation_bytes(sizes, tokens, batch, dtype_bytes, chunk)

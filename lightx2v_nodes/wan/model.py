@@ -168,10 +168,12 @@ class WanBlock(nn.Module):
         return torch.addcmul(x, y, mod[5])
 
     # Token-chunked variants of the phases (used when `token_chunk` is set). Every op they chunk is per token
-    # (norms, modulation, linears, RoPE, GELU, gated residual), so the result is the same; only whole-sequence
-    # temporaries shrink to one chunk: float32 RoPE/RMSNorm intermediates, the [L, ffn_dim] hidden and GELU
-    # output, 8-bit activation copies. q, k, v are written into preallocated [B, L, ...] tensors and freed
-    # right after attention, which (like the cross-attention over the context) runs on the whole sequence.
+    # (norms, modulation, linears, RoPE, GELU, gated residual), so the result is the same as long as a GEMM's
+    # rows do not depend on how many rows it has (true on the CPU from 8 rows up; an autotuned GPU GEMM may
+    # pick other tiles for other row counts). Only whole-sequence temporaries shrink to one chunk: float32
+    # RoPE/RMSNorm intermediates, the [L, ffn_dim] hidden and GELU output, 8-bit activation copies. q, k, v
+    # are written into preallocated [B, L, ...] tensors and freed right after attention, which (like the
+    # cross-attention over the context) runs on the whole sequence.
 
     def self_attention_phase_chunked(self, x, mod, rope):
         attn, length = self.self_attn, x.shape[1]
