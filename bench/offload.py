@@ -219,7 +219,8 @@ def main():
                 tokens = video_tokens(*shape)
                 budget = plan_offload(sizes, 1 << 40, tokens, mode="block", resident_override=2 if index == 0 else 0
                                       ).weights_bytes + activation_bytes(sizes, tokens, token_chunk=chunk if index else None)
-            first_budget = budget if index == 0 else first_budget
+            if index == 0:
+                first_budget = budget  # the lazy row runs the first shape
             common = {"dtype": fmt, "shape": "x".join(map(str, (shape[1], shape[0], shape[2]))), "budget_gib": budget / GiB}
             modes = args.modes.split(",") if index == 0 else ["block"]
             planned = plans(sizes, budget, video_tokens(*shape), modes, prefetch, chunk)
@@ -333,7 +334,8 @@ def lazy_row(dit, cfg, fmt, sizes, shape, budget, prefetch, args, device, reside
         install_quant_linears(lazy, "fp8", "w8a8", bias_dtype=torch.bfloat16)
     lazy.load_state_dict(non_block, strict=False, assign=True)
     row, out = run_offloaded(lazy, {"shape": shape, "tensors": tensors}, sizes, "block", budget, prefetch,
-                             args.runs, args.warmup, device, lazy_dir=folder)
+                             args.runs, args.warmup, device, lazy_dir=folder,
+                             chunk=16 if args.tiny else args.chunk_tokens)
     shutil.rmtree(folder, ignore_errors=True)
     row.update(dtype=fmt, shape="x".join(map(str, (shape[1], shape[0], shape[2]))), budget_gib=budget / GiB,
                equal_to_resident=bool(out is not None and torch.equal(out, reference)),

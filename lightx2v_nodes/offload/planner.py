@@ -8,29 +8,33 @@ much smaller activation peak, and the plan line says that chunking is what makes
 Activations, per token and in units of the compute dtype's bytes E (T = tokens x batch, D = dim, F = ffn_dim):
 - Whole sequence, MEASURED (14B on the H100, 2026-11-24, peak allocated fully resident minus weights):
   bf16 3.26 GiB at 480x832x81 (32,760 tokens), fp8 W8A8 3.50 GiB there and 7.62 GiB at 720x1280x81
-  (75,600 tokens): 20.9, 22.4 and 21.1 x D bytes per token. They match the op sequence: the peak is k's
-  RoPE in self-attention, 10 [T, D] tensors live (block input, the DiT's embedded tokens, modulated x, q,
-  k, float32 pairs and product = 2 each, rotated output) + ~0.5 of small ones. The estimate takes
-  max(11 D, 3 D + 2.5 F) x E per token + 5%; slack: three float32 [T, D] tensors (see below).
+  (75,600 tokens): 20.9, 22.4 and 21.1 x D bytes per token. They match the op sequence (with CUDA's fused
+  RMSNorm): the peak is k's RoPE in self-attention, 10 [T, D] tensors live (block input, the DiT's embedded
+  tokens, modulated x, q, k, float32 pairs and product = 2 each, rotated output) + ~0.5 of small ones.
+  The estimate takes max(11 D, 3 D + 2.5 F) x E per token + 5%; slack: three float32 [T, D] tensors.
 - Token-chunked (chunk of C tokens x batch = Cb), ESTIMATED from the op sequence of the chunked phases
   (wan/model.py), not yet measured on a GPU; the peak is the largest of
     attention:  7 D T E   (block input + embedded tokens + q, k, v + attention output + a layout copy of
-                           it that some backends make; SDPA on CUDA writes q's layout and needs none)
+                           it, which backends returning [B, heads, L, d] need; CUDA SDPA writes q's layout)
     q/k/v fill: 5 D T E + 8 D Cb E   (the chunk's LayerNorm, modulated x, projection, RMSNorm, float32 pairs
                            and product of RoPE, rotated output)
     FFN:        3 D T E + (3 D + 2.5 F) Cb E   (LayerNorm, modulated x, hidden, GELU out, its 8-bit copy, out)
-  + 5%. On the CPU (bench/offload_activations.py, profiler-tracked peak of one block, dim 512, ffn 1382,
-  4 heads, 8,192 tokens, 1,024-token chunks) a bf16 block's own peak fell from 9.0 to 4.3 [T, D] tensors
-  and an fp8 one's from 22.3 to 9.5 (its CPU reference GEMM computes in float32), chunked output
-  bit-equal. The 14B numbers at 720p must be re-measured on the H100 (bench/offload.py prints the
-  estimate next to the measured peak).
+  + 5%. The cross-attention (q chunked, attention and output projection whole) stays below these with
+  the GPU's fused 8-bit kernels (~5 [T, D]).
+  MEASURED on the CPU (bench/offload_activations.py --tiny: profiler-tracked peak of one block, dim 512,
+  ffn 1382, 4 heads x 128, 8,192 tokens, 1,024-token chunks, in [T, D] tensors, block input excluded):
+  bf16 9.0 whole -> 4.5 chunked (self-attention 4.5 = q, k, v + output + the CPU SDPA kernel's scratch;
+  FFN 6.4 -> 1.9); fp8 22.3 -> 9.5, of which 8.5 is the cross-attention's whole-sequence output
+  projection in the CPU reference GEMM (float32 temporaries the GPU kernels do not make). Chunked outputs
+  bit-equal. The 14B numbers at 720p must be re-measured on the H100 (bench/offload_activations.py for
+  one block; bench/offload.py prints the estimate next to the measured peak of the whole run).
 Slack: under a capped caching allocator, freed activation blocks of mixed sizes split cached segments; in
 the whole-sequence runs up to ~1.3 GiB at 480p was reserved but unusable when a float32 [T, D] tensor was
 asked for, so three of those are kept free. Chunked, no float32 [T, D] tensor exists: every large request
-is one [T, D] tensor in the compute dtype, freed and asked for again at the same size (reused whole), and
-the rest are chunk-sized; room for one more [T, D] tensor is kept. (PYTORCH_CUDA_ALLOC_CONF=
-expandable_segments:True, or ComfyUI's default cudaMallocAsync backend, return free pages inside segments
-too, so there the slack is mostly unused headroom.)
+is one [T, D] tensor in the compute dtype, freed and asked for again at the same size (so reused whole),
+the rest are chunk-sized; room for one more [T, D] tensor is kept. With PYTORCH_CUDA_ALLOC_CONF=
+expandable_segments:True (or ComfyUI's default cudaMallocAsync backend) memory is mapped in pages and
+free pages can be given back, so fragmentation costs less still and the slack is spare headroom.
 """
 
 from __future__ import annotations
