@@ -147,9 +147,11 @@ class OffloadModelPatcher(comfy.model_patcher.ModelPatcher):
         self.model.model_loaded_weight_memory = tensor_bytes(non_block) + scheduler.device_bytes()
         log.info("LightX2V Offload: %s", plan.describe())
         if counter:
+            # A layer's weight functions run on every call of it, so once per token chunk when chunked.
+            per = " once per token chunk" if plan.token_chunk is not None else ""
             log.info("LightX2V Offload: %d merged LoRA weight patches on streamed blocks are applied to each streamed "
-                     "copy (host weights stay untouched); LightX2V Apply LoRA in side-branch mode costs less per step.",
-                     counter)
+                     "copy%s (host weights stay untouched); LightX2V Apply LoRA in side-branch mode costs less per step.",
+                     counter, per)
         return None
 
     def _patch_blocks_lowvram(self) -> int:
