@@ -1,14 +1,15 @@
 """One DiT forward: our WanDiT vs ComfyUI's native WanModel, same random weights, same attention kernel.
 
 Full size: 1.3B and 14B T2V at 480x832x81 (latent 21x60x104, 32,760 tokens), bf16, text context 512 tokens.
-Both models share the same weight tensors (one copy in VRAM). Prints s/forward (median of --runs after
+Both models share the same weight tensors (one copy in VRAM). Our `lightx2v-int8` rows (8-bit attention) are
+compared with native's SDPA path, since ComfyUI has no such kernel. Prints s/forward (median of --runs after
 --warmup), peak VRAM during the forward and the ratio native/ours. With --quant, our DiT is also run with
 its block linears quantized (fp8/int8 W8A8, lightx2v_nodes.quant) against the same native bf16 time. With
 --compile, our DiT is also run with torch.compile'd block phases (lightx2v_nodes.wan.compile), in bf16 and in
 each --quant format: rows `<attn>+compile` and `<attn>+compile+<fmt>`; `compile_s` is the first (compiling)
 call. Writes JSON to $OUT or bench/results/.
 
-  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends sdpa,sage] [--quant fp8,int8] [--compile] [--tiny]
+  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile] [--tiny]
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ def profile_forward(model, inputs, label, out_dir):
         f.write(table)
 
 
+def agreement(out, out_native) -> dict:
+    out, ref = out.float().flatten(), out_native.float().flatten()
+    return {"rel_err": ((out - ref).norm() / ref.norm()).item(),
+            "cosine_vs_native": torch.nn.functional.cosine_similarity(out, ref, dim=0).item()}
+
+
 def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dtype):
     """Our DiT with compiled block phases, bf16 and each --quant format, against the native bf16 time."""
     base = next(r for r in rows if r["size"] == size and "+" not in r["backend"])
@@ -124,8 +131,7 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
                        "native_s": base["native_s"], "ours_s": s_c, "speedup": base["native_s"] / s_c,
                        "native_peak_gib": base["native_peak_gib"], "ours_peak_gib": peak_c,
                        "native_activation_gib": base["native_activation_gib"], "ours_activation_gib": act_c,
-                       "rel_err": ((out_c.float() - out_native.float()).norm() / out_native.float().norm()).item(),
-                       "compile_s": compile_s, "compile_failed": phases.failed})
+                       **agreement(out_c, out_native), "compile_s": compile_s, "compile_failed": phases.failed})
         del model, phases
         gc.collect()  # installed phases reference their blocks (a cycle): free this variant's weights now
         if device.type == "cuda":
@@ -150,7 +156,9 @@ def main():
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
     comfy_wan, comfy_attention, comfy_ops = import_comfy(args.comfyui, cpu=args.tiny)
-    native_kernels = {"sdpa": comfy_attention.attention_pytorch, "sage": getattr(comfy_attention, "attention_sage", None)}
+    # ComfyUI has no 8-bit kernel of its own: our lightx2v-int8 rows are compared with its SDPA path.
+    native_kernels = {"sdpa": comfy_attention.attention_pytorch, "sage": getattr(comfy_attention, "attention_sage", None),
+                      "lightx2v-int8": comfy_attention.attention_pytorch}
     latent = (1, 16, 3, 8, 8) if args.tiny else (1, 16, 21, 60, 104)
     sizes = ["tiny"] if args.tiny else args.sizes.split(",")
     rows = []
@@ -181,10 +189,10 @@ def main():
             if args.profile:
                 profile_forward(ours, (x, t, context), f"{size}_{backend}", results_dir())
                 profile_forward(native, (x, t, context), f"{size}_{backend}_native", results_dir())
-            rel = ((out_ours.float() - out_native.float()).norm() / out_native.float().norm()).item()
             rows.append({"size": size, "backend": backend, "native_s": s_native, "ours_s": s_ours,
                          "speedup": s_native / s_ours, "native_peak_gib": peak_native, "ours_peak_gib": peak_ours,
-                         "native_activation_gib": act_native, "ours_activation_gib": act_ours, "rel_err": rel})
+                         "native_activation_gib": act_native, "ours_activation_gib": act_ours,
+                         **agreement(out_ours, out_native)})
         for fmt in filter(None, args.quant.split(",")):
             row = next((r for r in rows if r["size"] == size), None)
             if row is None:
@@ -197,12 +205,10 @@ def main():
             s_q, peak_q, act_q, out_q = time_forward(quant, (x, t, context), args.warmup, args.runs, device)
             if args.profile:
                 profile_forward(quant, (x, t, context), f"{size}_{row['backend']}_{fmt}", results_dir())
-            cos = torch.nn.functional.cosine_similarity(out_q.float().flatten(), out_native.float().flatten(), dim=0).item()
             rows.append({"size": size, "backend": f"{row['backend']}+{fmt}", "native_s": row["native_s"], "ours_s": s_q,
                          "speedup": row["native_s"] / s_q, "native_peak_gib": row["native_peak_gib"], "ours_peak_gib": peak_q,
                          "native_activation_gib": row["native_activation_gib"], "ours_activation_gib": act_q,
-                         "rel_err": ((out_q.float() - out_native.float()).norm() / out_native.float().norm()).item(),
-                         "cosine_vs_native": cos, "ours_weight_gib": weight_gib})
+                         **agreement(out_q, out_native), "ours_weight_gib": weight_gib})
             del quant
         if args.compile and rows:
             rows += compiled_rows(args, cfg, size, weights, (x, t, context), out_native, rows, device, dtype)
@@ -215,10 +221,11 @@ def main():
     with open(os.path.join(out_dir, "dit_forward.json"), "w") as f:
         json.dump({"device": name, "torch": torch.__version__, "latent": latent, "rows": rows}, f, indent=1)
     print(f"\nDiT forward, {name}, latent {latent}, {dtype}")
-    print(f"{'size':>5} {'attn':>5} {'native s':>9} {'ours s':>8} {'speedup':>8} {'peak nat':>9} {'peak ours':>9} {'rel err':>8}")
+    print(f"{'size':>5} {'attn':>28} {'native s':>9} {'ours s':>8} {'speedup':>8} {'peak nat':>9} {'peak ours':>9} "
+          f"{'rel err':>8} {'cosine':>8}")
     for r in rows:
-        print(f"{r['size']:>5} {r['backend']:>5} {r['native_s']:9.3f} {r['ours_s']:8.3f} {r['speedup']:8.3f} "
-              f"{r['native_peak_gib']:9.2f} {r['ours_peak_gib']:9.2f} {r['rel_err']:8.1e}")
+        print(f"{r['size']:>5} {r['backend']:>28} {r['native_s']:9.3f} {r['ours_s']:8.3f} {r['speedup']:8.3f} "
+              f"{r['native_peak_gib']:9.2f} {r['ours_peak_gib']:9.2f} {r['rel_err']:8.1e} {r['cosine_vs_native']:8.5f}")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ class LoadWanDiT(io.ComfyNode):
                 io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
                                tooltip="Compute dtype. auto picks what ComfyUI would pick for this GPU and file."),
                 io.Combo.Input("attention", options=list(BACKENDS), default="auto",
-                               tooltip="Attention kernel. auto = PyTorch SDPA (fastest measured on H100); sage and "
-                                       "flash need the sageattention / flash-attn packages."),
+                               tooltip="Attention kernel. lightx2v-int8 = our 8-bit Triton kernel (int8 Q.K, fp8 P.V; "
+                                       "1.4x cuDNN on an H100 at 480p, used for long self-attention, SDPA elsewhere). "
+                                       "auto = lightx2v-int8 on Hopper GPUs, else PyTorch SDPA; sage and flash need "
+                                       "the sageattention / flash-attn packages."),
                 io.Combo.Input("quantization", options=list(QUANTIZATION_CHOICES), default="auto", optional=True,
                                tooltip="8-bit block linears (attention q/k/v/o and FFN; the rest stays in the compute dtype). "
                                        "auto = as stored in the file. fp8/int8 quantize a bf16 file on load (or keep a file "

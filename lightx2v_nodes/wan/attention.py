@@ -1,7 +1,12 @@
 """Attention backends for the DiT. All take q, k, v as [B, L, heads, head_dim] and return [B, Lq, heads*head_dim].
 
-`auto` picks PyTorch SDPA: on the H100, SDPA's cuDNN kernel (37.7 ms at the 14B 480p shape) beats
-sageattention 1.0.6 (49.4 ms) and flash-attn (59.4 ms), see REFERENCE.md section 9.
+`lightx2v-int8` is our 8-bit Triton kernel (kernels/attention_8bit.py: int8 Q.K^T with K smoothing, fp8 P.V).
+On the H100 it takes 26 ms at the 14B 480p self-attention shape, where SDPA's cuDNN kernel takes 36.5 ms,
+sageattention 1.0.6 48.9 ms and SDPA's FlashAttention-2 61.7 ms (bench/NOTES.md). It pays only for long key
+sequences: below MIN_KEYS_8BIT keys (cross-attention to 512 text / 257 image tokens, small videos) quantizing
+Q costs more than the kernel saves, so those calls, CPU tensors and unsupported head dims go to SDPA.
+`auto` picks it on Hopper-class GPUs (compute capability 9.x, where it was measured) with Triton installed,
+else SDPA (which on the H100 beats sageattention and flash-attn too, REFERENCE.md section 9).
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LightX2VError
+from ..quant.kernel_import import load_kernels
 
 log = logging.getLogger("lightx2v_nodes")
 
-BACKENDS = ("auto", "sdpa", "sage", "flash")
+BACKENDS = ("auto", "lightx2v-int8", "sdpa", "sage", "flash")
+# Fewest keys for which the 8-bit kernel is used (H100: slower than cuDNN at 8,192 tokens, faster at 32,760).
+MIN_KEYS_8BIT = 16384
 _PACKAGES = {"sage": ("sageattention", "pip install sageattention (or the pack's [sage] extra)"),
              "flash": ("flash_attn", "pip install flash-attn --no-build-isolation")}
 
@@ -45,7 +53,25 @@ def _flash(q, k, v):
     return flash_attn_func(q, k, v).reshape(b, lq, h * d)
 
 
-_FUNCTIONS = {"sdpa": _sdpa, "sage": _sage, "flash": _flash}
+def _eight_bit_applies(q, k) -> bool:
+    return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
+            and k.shape[1] >= MIN_KEYS_8BIT)
+
+
+@torch.compiler.disable  # a Triton autotuned launcher: compiled blocks call it as is (one graph break)
+def _lightx2v_int8(q, k, v):
+    if not _eight_bit_applies(q, k):
+        return _sdpa(q, k, v)
+    b, lq, h, d = q.shape
+    return load_kernels().attention8(q, k, v).reshape(b, lq, h * d)
+
+
+_FUNCTIONS = {"sdpa": _sdpa, "sage": _sage, "flash": _flash, "lightx2v-int8": _lightx2v_int8}
+
+
+def _prefers_8bit() -> bool:
+    return (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+            and importlib.util.find_spec("triton") is not None)
 
 
 def resolve_backend(name: str) -> str:
@@ -53,7 +79,10 @@ def resolve_backend(name: str) -> str:
     if name not in BACKENDS:
         raise LightX2VError(f"Unknown attention backend '{name}': choose one of {', '.join(BACKENDS)}.")
     if name == "auto":
-        return "sdpa"
+        return "lightx2v-int8" if _prefers_8bit() else "sdpa"
+    if name == "lightx2v-int8" and importlib.util.find_spec("triton") is None:
+        raise LightX2VError("Attention backend 'lightx2v-int8' needs Triton (pip install triton; it ships with "
+                            "PyTorch on Linux). Choose 'auto' or 'sdpa'.")
     if name in _PACKAGES:
         package, how = _PACKAGES[name]
         if importlib.util.find_spec(package) is None:

@@ -1,0 +1,185 @@
+"""Attention kernels at Wan2.1's shapes: our 8-bit Triton kernel vs every available backend, speed and accuracy.
+
+Shapes: self-attention at 1,024 / 8,192 / 32,760 tokens (480x832x81) and 75,600 (720x1280x81) x 40 heads x 128,
+cross-attention 32,760 queries x 512 text tokens and x 257 image tokens (--head-dim 64 also works).
+Inputs are bf16, shaped like a trained DiT's: Q and K carry a few outlier channels (10x), K a large shared bias (what smoothing removes).
+Backends: sdpa (PyTorch's choice: cuDNN on the H100), sdpa-flash (its FlashAttention-2), sage (sageattention
+1.0.6, when installed), flash (flash-attn, when installed), ours (`lightx2v-int8`: quantization + kernel) and
+ours-kernel (the attention kernel alone, inputs already quantized), ours-quant (Q/K/V quantization alone). Accuracy: cosine and relative error of
+each backend vs float32 attention (computed per head group, in float32), NaN/Inf check at magnitudes 1e3.
+Median of --runs after --warmup, CUDA events. Writes JSON to $OUT or bench/results/attention.json.
+
+  python bench/attention.py [--shapes self-32760,cross-512] [--runs 20] [--warmup 5] [--tiny]
+  (--tiny: small shapes, our kernel under TRITON_INTERPRET=1 on the CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bench_common import device_name, results_dir  # noqa: E402  (puts the repo on sys.path)
+
+from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
+from lightx2v_nodes.wan.attention import attention_function  # noqa: E402
+
+kernels = load_kernels()
+
+# name: (query tokens, key tokens)
+FULL_SHAPES = {"self-1024": (1024, 1024), "self-8192": (8192, 8192), "self-32760": (32760, 32760),
+               "self-75600": (75600, 75600), "cross-512": (32760, 512), "cross-257": (32760, 257)}
+TINY_SHAPES = {"self-200": (200, 200), "cross-77": (200, 77)}
+
+
+def wan_like(batch, tokens, heads, dim, device, gen, magnitude=1.0, bias=0.0):
+    """Random bf16 [B, L, H, D] with 4 outlier channels per head (10x) and an optional shared per-channel bias."""
+    x = torch.randn(batch, tokens, heads, dim, generator=gen, device=device)
+    x[..., :4] *= 10.0
+    if bias:
+        x += bias * torch.randn(1, 1, heads, dim, generator=gen, device=device)
+    return (x * magnitude).to(torch.bfloat16)
+
+
+def exact_attention(q, k, v, head_group: int = 8):
+    """float32 attention, a few heads at a time (bounded memory)."""
+    outs = []
+    for h in range(0, q.shape[2], head_group):
+        sl = slice(h, h + head_group)
+        o = F.scaled_dot_product_attention(*(t[:, :, sl].float().transpose(1, 2) for t in (q, k, v)))
+        outs.append(o.transpose(1, 2))
+    return torch.cat(outs, dim=2)
+
+
+def backends(device):
+    found = {"sdpa": attention_function("sdpa")}
+    if device.type == "cuda":
+        def sdpa_flash(q, k, v):
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+                return attention_function("sdpa")(q, k, v)
+        found["sdpa-flash"] = sdpa_flash
+        for name in ("sage", "flash"):
+            try:
+                found[name] = attention_function(name)
+            except Exception:  # noqa: BLE001 - a package that is not installed is just not compared
+                pass
+    found["ours"] = lambda q, k, v: kernels.attention8(q, k, v)
+    return found
+
+
+def timed(fn, runs, warmup, device):
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    times = []
+    for _ in range(runs):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1000)
+    return statistics.median(times)
+
+
+def compare(out, ref):
+    out, ref = out.float().flatten(), ref.float().flatten()
+    return {"cosine": F.cosine_similarity(out, ref, dim=0).item(), "rel_err": ((out - ref).norm() / ref.norm()).item(),
+            "finite": bool(torch.isfinite(out).all())}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default=None, help="comma-separated names (default: all)")
+    parser.add_argument("--heads", type=int, default=40)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--sweep", default=None, help="a shape name: time our kernel's fixed tile configs and options there")
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    table = TINY_SHAPES if args.tiny else FULL_SHAPES
+    names = args.shapes.split(",") if args.shapes else list(table)
+    heads = 2 if args.tiny else args.heads
+    runs, warmup = (1, 0) if args.tiny else (args.runs, args.warmup)
+    gen = torch.Generator(device=device).manual_seed(0)
+    if args.sweep:
+        return sweep(table[args.sweep], heads, args.head_dim, runs, warmup, device, gen)
+    rows = []
+    for name in names:
+        lq, lk = table[name]
+        q = wan_like(1, lq, heads, args.head_dim, device, gen)
+        k = wan_like(1, lk, heads, args.head_dim, device, gen, bias=8.0)
+        v = wan_like(1, lk, heads, args.head_dim, device, gen)
+        flops = 4 * lq * lk * heads * args.head_dim
+        ref = exact_attention(q, k, v)
+        big = [t.float().mul(1e3 / t.float().abs().amax()).to(torch.bfloat16) for t in (q, k, v)]
+        for backend, fn in backends(device).items():
+            row = {"shape": name, "backend": backend, "lq": lq, "lk": lk}
+            row["s"] = timed(lambda: fn(q, k, v), runs, warmup, device)
+            row["tflops"] = flops / row["s"] / 1e12
+            row.update(compare(fn(q, k, v).reshape(ref.shape), ref))
+            row["finite_at_1e3"] = bool(torch.isfinite(fn(*big)).all())
+            rows.append(row)
+            if backend == "ours":
+                quantized = kernels.quantize_qkv(q, k, v)
+                kernel_only = {"shape": name, "backend": "ours-kernel", "lq": lq, "lk": lk}
+                kernel_only["s"] = timed(lambda: kernels.attention8(q, k, v, quantized=quantized), runs, warmup, device)
+                kernel_only["tflops"] = flops / kernel_only["s"] / 1e12
+                kernel_only["config"] = str(kernels.attention8_config())
+                rows.append(kernel_only)
+                quant_s = timed(lambda: kernels.quantize_qkv(q, k, v), runs, warmup, device)
+                rows.append({"shape": name, "backend": "ours-quant", "lq": lq, "lk": lk, "s": quant_s, "tflops": 0.0})
+        del q, k, v, ref, big
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    with open(os.path.join(results_dir(), "attention.json"), "w") as f:
+        json.dump({"device": device_name(device), "torch": torch.__version__, "heads": heads,
+                   "head_dim": args.head_dim, "rows": rows}, f, indent=1)
+    print(f"\nAttention, {device_name(device)}, {heads} heads x {args.head_dim}, bf16 inputs")
+    print(f"{'shape':>12} {'backend':>12} {'ms':>9} {'TFLOP/s':>8} {'cosine':>8} {'rel err':>8} {'ok@1e3':>6}")
+    for r in rows:
+        acc = (f"{r['cosine']:8.5f} {r['rel_err']:8.1e} {str(r['finite_at_1e3']):>6}" if "cosine" in r else "")
+        print(f"{r['shape']:>12} {r['backend']:>12} {r['s'] * 1e3:9.3f} {r['tflops']:8.1f} {acc}{r.get('config', '')}")
+
+
+SWEEP_TILES = [(64, 128, 4, 3), (64, 128, 4, 4), (64, 128, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 3),
+               (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3)]
+
+
+def sweep(shape, heads, head_dim, runs, warmup, device, gen):
+    """Our kernel at each fixed (BLOCK_M, BLOCK_N, warps, stages): ms and error vs float32."""
+    lq, lk = shape
+    q = wan_like(1, lq, heads, head_dim, device, gen)
+    k = wan_like(1, lk, heads, head_dim, device, gen, bias=8.0)
+    v = wan_like(1, lk, heads, head_dim, device, gen)
+    ref = exact_attention(q, k, v)
+    quantized = kernels.quantize_qkv(q, k, v)
+    rows = []
+    for tiles in SWEEP_TILES if device.type == "cuda" else SWEEP_TILES[:2]:
+        def run():
+            return kernels.attention8(q, k, v, quantized=quantized, tiles=tiles)
+        try:
+            rows.append({"tiles": tiles, "s": timed(run, runs, warmup, device), **compare(run(), ref)})
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile (shared memory) is skipped
+            rows.append({"tiles": tiles, "error": str(exc)[:120]})
+    with open(os.path.join(results_dir(), "attention_sweep.json"), "w") as f:
+        json.dump({"device": device_name(device), "shape": shape, "rows": rows}, f, indent=1)
+    print(f"\nSweep at {lq}x{lk} tokens, {heads} heads x {head_dim}")
+    for r in sorted(rows, key=lambda r: r.get("s", float("inf"))):
+        result = f"{r['s'] * 1e3:8.3f} ms  rel err {r['rel_err']:.2e}" if "s" in r else r["error"]
+        print(f"{str(r['tiles']):>20} {result}")
+
+
+if __name__ == "__main__":
+    main()

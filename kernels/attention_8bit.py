@@ -1,0 +1,301 @@
+"""8-bit attention forward (the SageAttention idea, our own Triton kernel): int8 Q.K^T, fp8 P.V, fp32 softmax.
+
+Inputs q [B, Lq, H, D], k and v [B, Lk, H, D] (bf16/fp16/fp32; D = 64 or 128; Lq may differ from Lk; not
+causal) -> out [B, Lq, H, D] in q's dtype.
+
+Quantization, chosen so the result stays within a few 1e-3 of exact attention:
+- K is smoothed first: its mean over tokens (per batch, head, channel) is subtracted. That adds the same
+  q.mean(K) to every score of a query row, which softmax ignores, and it removes the large shared bias
+  trained DiTs have in K, so int8 keeps its resolution for what differs between tokens.
+- Q and K: int8, absmax / 127 scales: one per token for Q (free in the kernel, which scales score rows),
+  one per block of QUANT_BLOCK tokens of a head for K (a scalar per key tile). Q's scales also carry
+  softmax's 1/sqrt(D) and log2(e), so the kernel's scores are already in the exp2 domain. Measured
+  alternatives (bench/NOTES.md): fp8 Q/K is 4x less accurate; per-token K scales cut the error on inputs
+  with 10x outlier channels by ~10% but cost 21% of the kernel's time (a scale per score column).
+- V: float8_e4m3fn with one scale per channel (over all tokens of a head): a per-channel scale factors out
+  of sum_n p[m, n] v[n, d], so it is applied once, after the loop. V is stored transposed ([D, tokens]):
+  the tensor cores take fp8 operands only with the reduction dimension contiguous.
+- P: exp2(s - rowmax + log2(448)) lies in [0, 448], the float8_e4m3fn range, cast to fp8 for P.V; the row
+  sum uses the same scaled values, so the factor 448 cancels in acc / l.
+
+`attention8_reference` runs the identical algorithm (same quantization, same online softmax over key
+blocks) in PyTorch; tests compare the kernel with it and with exact float32 attention.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+QUANT_BLOCK = 128  # tokens per Q/K scale; the kernel's key tiles divide it
+P_SCALE_LOG2 = math.log2(448.0)
+_LOG2E = 1.4426950408889634
+MIN_ABSMAX = 1e-12
+
+
+def _padded(length: int) -> int:
+    return -(-length // QUANT_BLOCK) * QUANT_BLOCK
+
+
+def smoothing_mean(k: torch.Tensor) -> torch.Tensor:
+    """Mean of K over tokens, [B, H, D] float32."""
+    return k.mean(dim=1, dtype=torch.float32)
+
+
+def v_channel_scales(v: torch.Tensor) -> torch.Tensor:
+    """Per-channel fp8 scale of V over tokens, [B, H, D] float32 (one read of V, no |v| temporary)."""
+    low, high = torch.aminmax(v, dim=1)
+    return torch.maximum(high.float(), -low.float()).clamp_min(MIN_ABSMAX) / 448.0
+
+
+def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int):
+    """x [B, L, H, D] -> (int8 [B, H, Lpad, D], scales [B, H, Lpad / block] float32 incl. scale_factor)."""
+    b, length, h, d = x.shape
+    xf = x.float().permute(0, 2, 1, 3)
+    if mean is not None:
+        xf = xf - mean[:, :, None, :]
+    pad = _padded(length) - length
+    xf = torch.nn.functional.pad(xf, (0, 0, 0, pad))
+    blocks = xf.unflatten(2, (-1, block))
+    scale = blocks.abs().amax(dim=(-1, -2)).clamp_min(MIN_ABSMAX) / 127.0
+    q = torch.round(blocks / scale[..., None, None]).clamp(-127, 127).to(torch.int8)
+    return q.flatten(2, 3).contiguous(), (scale * scale_factor).contiguous()
+
+
+def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor) -> torch.Tensor:
+    """v [B, L, H, D] -> float8_e4m3fn [B, H, D, Lpad] (transposed, zero padded)."""
+    length = v.shape[1]
+    vt = (v.float().permute(0, 2, 3, 1) / v_scale[..., None]).clamp(-448.0, 448.0)
+    return torch.nn.functional.pad(vt, (0, _padded(length) - length)).to(torch.float8_e4m3fn).contiguous()
+
+
+def quantize_qkv_reference(q, k, v):
+    """The kernel's inputs, computed in PyTorch: (q8, q_scale, k8, k_scale, v8t, v_scale)."""
+    sm_scale = q.shape[-1] ** -0.5
+    q8, qs = _quantize_blocks_reference(q, None, sm_scale * _LOG2E, 1)
+    k8, ks = _quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK)
+    vs = v_channel_scales(v)
+    return q8, qs, k8, ks, _quantize_v_reference(v, vs), vs
+
+
+def attention8_reference(q, k, v, block_n: int = 64, quantized=None):
+    """The kernel's algorithm in PyTorch (float32 math, fp8 casts where the kernel casts)."""
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv_reference(q, k, v)
+    q_rows = q8[:, :, :lq].float()  # [B, H, Lq, D]
+    q_row_scale = qs[:, :, :lq]
+    m = torch.full((b, h, lq), -math.inf, device=q.device)
+    l = torch.zeros((b, h, lq), device=q.device)
+    acc = torch.zeros((b, h, lq, d), device=q.device)
+    for start in range(0, lk, block_n):
+        stop = min(start + block_n, lk)
+        k_tile = k8[:, :, start:stop].float()
+        s = (q_rows @ k_tile.transpose(-1, -2)) * (q_row_scale * ks[:, :, start // QUANT_BLOCK, None])[..., None]
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        p = torch.exp2(s - (m_new - P_SCALE_LOG2)[..., None])
+        alpha = torch.exp2(m - m_new)
+        l = l * alpha + p.sum(dim=-1)
+        v_tile = v8t[:, :, :, start:stop].float().transpose(-1, -2)  # [B, H, n, D]
+        acc = acc * alpha[..., None] + p.to(torch.float8_e4m3fn).float() @ v_tile
+        m = m_new
+    out = acc / l[..., None] * vs[:, :, None, :]
+    return out.transpose(1, 2).to(q.dtype)
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    from .act_quant import _round_to_e4m3_grid
+
+    @triton.jit
+    def _quantize_qk_kernel(x_ptr, mean_ptr, q_ptr, s_ptr, length, heads, n_blocks, stride_xb, stride_xl, stride_xh,
+                            scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, HEAD_DIM: tl.constexpr,
+                            BLOCK: tl.constexpr):
+        pid_blk = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // heads
+        h = pid_bh % heads
+        rows = pid_blk * BLOCK + tl.arange(0, BLOCK)
+        cols = tl.arange(0, HEAD_DIM)
+        valid = rows[:, None] < length
+        x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
+        x = tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
+        if HAS_MEAN:
+            x = tl.where(valid, x - tl.load(mean_ptr + pid_bh * HEAD_DIM + cols)[None, :], 0.0)
+        if PER_ROW:
+            scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 127.0
+            v = x / scale[:, None]
+        else:
+            scale = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12) / 127.0
+            v = x / scale
+        v = (v + 12582912.0) - 12582912.0  # round half to even, as torch.round
+        q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
+        q_ptrs = q_ptr + pid_bh.to(tl.int64) * n_blocks * BLOCK * HEAD_DIM + rows[:, None] * HEAD_DIM + cols[None, :]
+        tl.store(q_ptrs, q)
+        if PER_ROW:
+            tl.store(s_ptr + pid_bh * n_blocks * BLOCK + rows, scale * scale_factor)
+        else:
+            tl.store(s_ptr + pid_bh * n_blocks + pid_blk, scale * scale_factor)
+
+    @triton.jit
+    def _quantize_v_kernel(x_ptr, scale_ptr, vt_ptr, length, heads, padded_len, stride_xb, stride_xl, stride_xh,
+                           HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+        pid_blk = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // heads
+        h = pid_bh % heads
+        rows = pid_blk * BLOCK + tl.arange(0, BLOCK)
+        cols = tl.arange(0, HEAD_DIM)
+        valid = rows[:, None] < length
+        x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
+        x = tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
+        x = x / tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)[None, :]
+        q = _round_to_e4m3_grid(tl.minimum(tl.maximum(x, -448.0), 448.0)).to(tl.float8e4nv)
+        vt_ptrs = vt_ptr + pid_bh.to(tl.int64) * HEAD_DIM * padded_len + cols[None, :] * padded_len + rows[:, None]
+        tl.store(vt_ptrs, q)
+
+    @triton.jit
+    def _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, start_n, length_k, padded_len,
+                         offs_n, offs_d, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_TAIL: tl.constexpr,
+                         ROUND_P: tl.constexpr):
+        cols = start_n + offs_n
+        k = tl.load(k_base + cols[:, None] * HEAD_DIM + offs_d[None, :])  # [BLOCK_N, D] int8
+        dot = tl.dot(q, tl.trans(k), out_dtype=tl.int32)
+        # |dot| <= 127^2 * 128 < 2^22, so adding the bit pattern of 1.5 * 2^23 gives the float32 whose value is
+        # exactly 1.5 * 2^23 + dot: an integer add instead of a slower int-to-float conversion (7% of the kernel).
+        shifted = (dot + 0x4B400000).to(tl.float32, bitcast=True)
+        if MASK_TAIL:
+            shifted = tl.where(cols[None, :] < length_k, shifted, float("-inf"))
+        scale = row_scale * tl.load(ks_base + start_n // 128)
+        m_new = tl.maximum(m_i, (tl.max(shifted, axis=1) - 12582912.0) * scale)
+        # exp2(score - max + log2(448)) with score = (shifted - 1.5 * 2^23) * scale, as one fused multiply-add:
+        # the offset's fp32 rounding is ~1.5 * scale, 300x below the int8 rounding of the score itself.
+        offset = 12582912.0 * scale + m_new - 8.807354922057604
+        p = tl.math.exp2(tl.fma(shifted, scale[:, None], -offset[:, None]))
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vt = tl.load(v_base + offs_d[:, None] * padded_len + cols[None, :])  # [D, BLOCK_N] fp8
+        if ROUND_P:  # the interpreter's cast truncates; the GPU's rounds to nearest like this
+            p = _round_to_e4m3_grid(p)
+        acc = tl.dot(p.to(tl.float8e4nv), tl.trans(vt), acc * alpha[:, None])
+        return acc, l_i, m_new
+
+    @triton.jit
+    def _attention8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, vt_ptr, vs_ptr, out_ptr, length_q, length_k, heads,
+                           padded_q, padded_k, stride_ob, stride_ol, stride_oh,
+                           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           ROUND_P: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        bh = pid_bh.to(tl.int64)
+        q = tl.load(q_ptr + bh * padded_q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
+        row_scale = tl.load(qs_ptr + bh * padded_q + offs_m)
+        k_base = k_ptr + bh * padded_k * HEAD_DIM
+        v_base = vt_ptr + bh * HEAD_DIM * padded_k
+        ks_base = ks_ptr + pid_bh * (padded_k // 128)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        full_end = (length_k // BLOCK_N) * BLOCK_N
+        for start_n in range(0, full_end, BLOCK_N):
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, start_n, length_k,
+                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, False, ROUND_P)
+        if full_end < length_k:
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, full_end, length_k,
+                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, True, ROUND_P)
+        v_scale = tl.load(vs_ptr + pid_bh * HEAD_DIM + offs_d)
+        out = acc / l_i[:, None] * v_scale[None, :]
+        b = pid_bh // heads
+        h = pid_bh % heads
+        o_ptrs = out_ptr + b.to(tl.int64) * stride_ob + offs_m[:, None].to(tl.int64) * stride_ol + h * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_m[:, None] < length_q)
+
+    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+    # The fastest tiles of the H100 sweep at 32,760 tokens (bench/attention.py --sweep, bench/NOTES.md); key tiles
+    # must divide QUANT_BLOCK (one K scale per tile).
+    _GPU_CONFIGS = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 3)]
+    ]
+    _autotuned_attention8 = triton.autotune(_GPU_CONFIGS, key=["length_q", "length_k", "HEAD_DIM"])(_attention8_kernel)
+except ImportError:
+    triton = None
+
+
+def _check(q, k, v):
+    if triton is None:
+        raise RuntimeError("Triton is not installed")
+    if q.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"attention8: expected q [B, Lq, H, D], k/v [B, Lk, H, D]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[-1] not in (64, 128):
+        raise ValueError(f"attention8 supports head dims 64 and 128, not {q.shape[-1]}")
+
+
+def _rows_contiguous(x):
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def quantize_qkv(q, k, v):
+    """Triton version of quantize_qkv_reference."""
+    _check(q, k, v)
+    q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    pq, pk = _padded(lq), _padded(lk)
+    dev = q.device
+    q8 = torch.empty((b, h, pq, d), dtype=torch.int8, device=dev)
+    k8 = torch.empty((b, h, pk, d), dtype=torch.int8, device=dev)
+    qs = torch.empty((b, h, pq), dtype=torch.float32, device=dev)
+    ks = torch.empty((b, h, pk // QUANT_BLOCK), dtype=torch.float32, device=dev)
+    v8t = torch.empty((b, h, d, pk), dtype=torch.float8_e4m3fn, device=dev)
+    mean = smoothing_mean(k).contiguous()
+    vs = v_channel_scales(v).contiguous()
+    warps = 4 if d == 64 else 8
+    _quantize_qk_kernel[(pq // QUANT_BLOCK, b * h)](q, mean, q8, qs, lq, h, pq // QUANT_BLOCK, q.stride(0), q.stride(1),
+                                                   q.stride(2), d ** -0.5 * _LOG2E, HAS_MEAN=False, PER_ROW=True, HEAD_DIM=d,
+                                                   BLOCK=QUANT_BLOCK, num_warps=warps)
+    _quantize_qk_kernel[(pk // QUANT_BLOCK, b * h)](k, mean, k8, ks, lk, h, pk // QUANT_BLOCK, k.stride(0), k.stride(1),
+                                                   k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
+                                                   num_warps=warps)
+    _quantize_v_kernel[(pk // QUANT_BLOCK, b * h)](v, vs, v8t, lk, h, pk, v.stride(0), v.stride(1), v.stride(2),
+                                                  HEAD_DIM=d, BLOCK=QUANT_BLOCK, num_warps=warps)
+    return q8, qs, k8, ks, v8t, vs
+
+
+def attention8(q, k, v, quantized=None, tiles=None):
+    """8-bit attention; returns [B, Lq, H, D] in q's dtype.
+
+    tiles: a fixed (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the autotuner's choice.
+    """
+    _check(q, k, v)
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv(q, k, v)
+    out = torch.empty((b, lq, h, d), dtype=q.dtype, device=q.device)
+    args = (q8, qs, k8, ks, v8t, vs, out, lq, lk, h, q8.shape[2], k8.shape[2], out.stride(0), out.stride(1), out.stride(2))
+    if _INTERPRET and tiles is None:
+        tiles = (32, 32, 4, 1)
+    if tiles is not None:
+        bm, bn, warps, stages = tiles
+        if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
+            raise ValueError(f"attention8: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
+        _attention8_kernel[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, ROUND_P=_INTERPRET,
+                                                          num_warps=warps, num_stages=stages)
+    else:
+        def grid(meta):
+            return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
+        _autotuned_attention8[grid](*args, HEAD_DIM=d, ROUND_P=_INTERPRET)
+    return out
+
+
+def attention8_config():
+    """The autotuner's last chosen tile configuration (None before the first GPU call)."""
+    return getattr(_autotuned_attention8, "best_config", None) if triton is not None else None
