@@ -6,8 +6,10 @@ takes seconds) at each --shapes token count, bf16 and fp8 W8A8; peak = the cachi
 max_memory_allocated above the block's inputs. --tiny: the same code on the CPU at a proportionate
 scaled-down block (dim 512, ffn 1382, 4 heads x 128, 8,192 tokens), peak from torch.profiler's memory
 events (lightx2v_nodes/offload/peak_memory.py). Printed per phase and for the block, in [T, D] tensors of
-the compute dtype, next to the planner's modelled peak for a block (its DiT-level peak minus the one
-embedded-token tensor the DiT holds outside the blocks; margin and slack excluded).
+the compute dtype (block input excluded), next to the planner's modelled peak for a block (its DiT-level
+peak minus the block's input and the embedded tokens the DiT holds outside the blocks; margin and slack
+excluded). The CPU's kernels differ (composite RMSNorm, float32 reference GEMM for fp8, SDPA scratch), so
+only the GPU numbers calibrate the planner.
 Writes JSON to $OUT or bench/results/offload_activations.json and prints a table last.
 
   python bench/offload_activations.py [--shapes 480x832x81,720x1280x81] [--dtypes bf16,fp8] [--tiny]
@@ -92,7 +94,8 @@ def main():
             whole, chunked = measure(block, grid, dim, None, device), measure(block, grid, dim, chunk, device)
             tokens, unit = whole["tokens"], whole["tokens"] * dim * 2
             for label, m, c in (("whole", whole, None), ("chunked", chunked, chunk)):
-                model = activation_peak_bytes(sizes, tokens, token_chunk=c) - unit  # minus the DiT's embedded tokens
+                # The model counts the block's input and the DiT's embedded tokens, allocated before a block runs.
+                model = activation_peak_bytes(sizes, tokens, token_chunk=c) - 2 * unit
                 rows.append({"dtype": fmt, "grid": grid, "tokens": tokens, "run": label, "chunk": c,
                              "peak_units": {k: v / unit for k, v in m["peaks"].items()}, "model_block_units": model / unit,
                              "block_gib": m["peaks"]["block"] / 2 ** 30})

@@ -176,6 +176,6 @@ def test_planner_chunks_only_when_that_makes_the_budget_fit():
 def test_chunked_activation_model():
     whole, chunked = activation_bytes(WAN14B_FP8, HD), activation_bytes(WAN14B_FP8, HD, token_chunk=CHUNK_TOKENS)
     unit = HD * 5120 * 2
-    assert 6.5 < whole / GiB < 13 and chunked < 8.5 * unit  # 7 [T, D] peak + 5% + one [T, D] of slack
+    assert 6.5 < whole / GiB < 13 and chunked < 9 * unit  # 7.5 [T, D] peak + 5% + one [T, D] of slack
     assert activation_bytes(WAN14B_FP8, HD, batch=2, token_chunk=CHUNK_TOKENS) == pytest.approx(2 * chunked, rel=1e-6)
     assert activation_bytes(WAN14B_FP8, 4096, token_chunk=CHUNK_TOKENS) == activation_bytes(WAN14B_FP8, 4096)

@@ -14,8 +14,9 @@ Activations, per token and in units of the compute dtype's bytes E (T = tokens x
   The estimate takes max(11 D, 3 D + 2.5 F) x E per token + 5%; slack: three float32 [T, D] tensors.
 - Token-chunked (chunk of C tokens x batch = Cb), ESTIMATED from the op sequence of the chunked phases
   (wan/model.py), not yet measured on a GPU; the peak is the largest of
-    attention:  7 D T E   (block input + embedded tokens + q, k, v + attention output + a layout copy of
-                           it, which backends returning [B, heads, L, d] need; CUDA SDPA writes q's layout)
+    attention:  7.5 D T E (block input + embedded tokens + q, k, v + the backend's own 2.5: the 8-bit
+                           kernel that `auto` picks on Hopper makes int8 q, k and fp8 v copies (0.5 each)
+                           and its output; SDPA needs 1, or 2 when it returns [B, heads, L, d])
     q/k/v fill: 5 D T E + 8 D Cb E   (the chunk's LayerNorm, modulated x, projection, RMSNorm, float32 pairs
                            and product of RoPE, rotated output)
     FFN:        3 D T E + (3 D + 2.5 F) Cb E   (LayerNorm, modulated x, hidden, GELU out, its 8-bit copy, out)
@@ -98,7 +99,7 @@ def activation_peak_bytes(sizes: ModelSizes, tokens: int, batch: int = 1, dtype_
     if token_chunk is None or token_chunk >= tokens:
         return int(max(11 * d, 3 * d + 2.5 * f) * e * t)
     cb = chunk_size(tokens, token_chunk) * batch
-    return int(max(7 * d * t, 5 * d * t + 8 * d * cb, 3 * d * t + (3 * d + 2.5 * f) * cb) * e)
+    return int(max(7.5 * d * t, 5 * d * t + 8 * d * cb, 3 * d * t + (3 * d + 2.5 * f) * cb) * e)
 
 
 def chunk_size(tokens: int, token_chunk: int) -> int:
