@@ -5,11 +5,16 @@ caching allocator capped at the budget (torch.cuda.set_per_process_memory_fracti
 mode: s/step, ratio to resident, peak allocated, resident blocks chosen by the planner, copy time, compute
 stall time (copy not hidden), achieved host->device bandwidth, and host RSS before/after repeated runs.
 A "step" is one DiT forward at batch 1 (a CFG step is two). Measured raw pinned/pageable bandwidth first.
+When only token-chunked activations fit the budget (fp8 720p in 8 GiB), the planner turns chunking on
+(column "chunk"); "equal" then compares with the resident model chunked the same way (same arithmetic;
+on the GPU a GEMM over fewer rows may pick other tiles) and "vs whole" gives the largest difference to the
+whole-sequence resident output ("=" when bit-equal). "x res" is always against the whole-sequence resident
+time. PYTORCH_CUDA_ALLOC_CONF is recorded in the JSON and the table header.
 Writes JSON to $OUT or bench/results/offload.json and prints a table last.
 
   python bench/offload.py [--dtypes bf16,fp8] [--shapes 480x832x81,720x1280x81] [--modes block,phase]
                           [--budgets bf16=12,fp8=8] [--prefetch block=1,phase=2] [--runs 3] [--rss-runs 10]
-                          [--lazy] [--tiny]
+                          [--chunk-tokens 8192] [--lazy] [--tiny]
 """
 
 from __future__ import annotations
