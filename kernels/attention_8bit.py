@@ -111,6 +111,8 @@ try:
 
     from .act_quant import _round_to_e4m3_grid
 
+    # Divisions are IEEE-rounded (div_rn; Triton's `/` is approximate on the GPU), so the 8-bit values equal the
+    # PyTorch reference's bit for bit.
     @triton.jit
     def _quantize_qk_kernel(x_ptr, mean_ptr, q_ptr, s_ptr, length, heads, n_blocks, stride_xb, stride_xl, stride_xh,
                             scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -127,11 +129,11 @@ try:
         if HAS_MEAN:
             x = tl.where(valid, x - tl.load(mean_ptr + pid_bh * HEAD_DIM + cols)[None, :], 0.0)
         if PER_ROW:
-            scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 127.0
-            v = x / scale[:, None]
+            scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12), 127.0)
+            v = tl.math.div_rn(x, scale[:, None])
         else:
-            scale = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12) / 127.0
-            v = x / scale
+            scale = tl.math.div_rn(tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12), 127.0)
+            v = tl.math.div_rn(x, scale)
         v = (v + 12582912.0) - 12582912.0  # round half to even, as torch.round
         q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
         q_ptrs = q_ptr + pid_bh.to(tl.int64) * n_blocks * BLOCK * HEAD_DIM + rows[:, None] * HEAD_DIM + cols[None, :]
@@ -153,7 +155,7 @@ try:
         valid = rows[:, None] < length
         x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
         x = tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
-        x = x / tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)[None, :]
+        x = tl.math.div_rn(x, tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)[None, :])
         q = _round_to_e4m3_grid(tl.minimum(tl.maximum(x, -448.0), 448.0)).to(tl.float8e4nv)
         vt_ptrs = vt_ptr + pid_bh.to(tl.int64) * HEAD_DIM * padded_len + cols[None, :] * padded_len + rows[:, None]
         tl.store(vt_ptrs, q)
