@@ -153,32 +153,35 @@ def main():
         print(f"{r['shape']:>12} {r['backend']:>12} {r['s'] * 1e3:9.3f} {r['tflops']:8.1f} {acc}{r.get('config', '')}")
 
 
-SWEEP_TILES = [(64, 128, 4, 3), (64, 128, 4, 4), (64, 128, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 3),
-               (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3)]
+SWEEP_TILES = [(64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)]
 
 
 def sweep(shape, heads, head_dim, runs, warmup, device, gen):
-    """Our kernel at each fixed (BLOCK_M, BLOCK_N, warps, stages): ms and error vs float32."""
+    """Our kernel at fixed tiles x P.V type (fp8/fp16) x accumulation (split/in the MMA): ms and error vs fp32."""
     lq, lk = shape
     q = wan_like(1, lq, heads, head_dim, device, gen)
     k = wan_like(1, lk, heads, head_dim, device, gen, bias=8.0)
     v = wan_like(1, lk, heads, head_dim, device, gen)
     ref = exact_attention(q, k, v)
-    quantized = kernels.quantize_qkv(q, k, v)
     rows = []
-    for tiles in SWEEP_TILES if device.type == "cuda" else SWEEP_TILES[:2]:
-        def run():
-            return kernels.attention8(q, k, v, quantized=quantized, tiles=tiles)
-        try:
-            rows.append({"tiles": tiles, "s": timed(run, runs, warmup, device), **compare(run(), ref)})
-        except Exception as exc:  # noqa: BLE001 - a config that does not compile (shared memory) is skipped
-            rows.append({"tiles": tiles, "error": str(exc)[:120]})
+    for pv_name, pv_dtype in (("fp8", torch.float8_e4m3fn), ("fp16", torch.float16)):
+        quantized = kernels.quantize_qkv(q, k, v, pv_dtype=pv_dtype)
+        for split in (True, False):
+            for tiles in SWEEP_TILES if device.type == "cuda" else SWEEP_TILES[:1]:
+                def run():
+                    return kernels.attention8(q, k, v, quantized=quantized, tiles=tiles, split_accumulation=split)
+                row = {"tiles": tiles, "pv": pv_name, "split": split}
+                try:
+                    row.update(s=timed(run, runs, warmup, device), **compare(run(), ref))
+                except Exception as exc:  # noqa: BLE001 - a config that does not compile (shared memory) is skipped
+                    row["error"] = str(exc)[:120]
+                rows.append(row)
     with open(os.path.join(results_dir(), "attention_sweep.json"), "w") as f:
         json.dump({"device": device_name(device), "shape": shape, "rows": rows}, f, indent=1)
     print(f"\nSweep at {lq}x{lk} tokens, {heads} heads x {head_dim}")
     for r in sorted(rows, key=lambda r: r.get("s", float("inf"))):
         result = f"{r['s'] * 1e3:8.3f} ms  rel err {r['rel_err']:.2e}" if "s" in r else r["error"]
-        print(f"{str(r['tiles']):>20} {result}")
+        print(f"{str(r['tiles']):>20} pv={r['pv']:4} split={r['split']!s:5} {result}")
 
 
 if __name__ == "__main__":

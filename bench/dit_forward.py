@@ -101,6 +101,29 @@ def agreement(out, out_native) -> dict:
             "cosine_vs_native": torch.nn.functional.cosine_similarity(out, ref, dim=0).item()}
 
 
+def attn8_variant_rows(args, ours, native, inputs, size, device):
+    """Our bf16 DiT with the 8-bit attention kernel in other P.V variants (kernels/attention_8bit.py defaults)."""
+    from lightx2v_nodes.quant.kernel_import import load_kernels
+
+    if not args.attn8_variants:
+        return []
+    module = load_kernels().attention_8bit
+    defaults = (module.PV_DTYPE, module.SPLIT_ACCUMULATION)
+    s_native, _, _, out_native = time_forward(native, inputs, args.warmup, args.runs, device)
+    result = []
+    ours.set_attention("lightx2v-int8")
+    for variant in filter(None, args.attn8_variants.split(",")):
+        pv, accumulation = variant.split("+")
+        module.PV_DTYPE = {"fp8": torch.float8_e4m3fn, "fp16": torch.float16}[pv]
+        module.SPLIT_ACCUMULATION = accumulation == "split"
+        s, peak, act, out = time_forward(ours, inputs, args.warmup, args.runs, device)
+        result.append({"size": size, "backend": f"lightx2v-int8[{variant}]", "native_s": s_native, "ours_s": s,
+                       "speedup": s_native / s, "native_peak_gib": 0.0, "ours_peak_gib": peak,
+                       "native_activation_gib": 0.0, "ours_activation_gib": act, **agreement(out, out_native)})
+    module.PV_DTYPE, module.SPLIT_ACCUMULATION = defaults
+    return result
+
+
 def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dtype):
     """Our DiT with compiled block phases, bf16 and each --quant format, against the native bf16 time."""
     base = next(r for r in rows if r["size"] == size and "+" not in r["backend"])
@@ -151,6 +174,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at a tiny shape")
+    parser.add_argument("--attn8-variants", default="",
+                        help="comma list of pv dtype + accumulation for extra lightx2v-int8 rows, e.g. fp16+split,fp8+mma")
     args = parser.parse_args()
 
     device = torch.device("cpu" if args.tiny else "cuda")
@@ -193,6 +218,7 @@ def main():
                          "speedup": s_native / s_ours, "native_peak_gib": peak_native, "ours_peak_gib": peak_ours,
                          "native_activation_gib": act_native, "ours_activation_gib": act_ours,
                          **agreement(out_ours, out_native)})
+        rows += attn8_variant_rows(args, ours, native, (x, t, context), size, device)
         for fmt in filter(None, args.quant.split(",")):
             row = next((r for r in rows if r["size"] == size), None)
             if row is None:

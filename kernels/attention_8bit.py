@@ -30,6 +30,11 @@ import os
 import torch
 
 QUANT_BLOCK = 128  # tokens per Q/K scale; the kernel's key tiles divide it
+# P.V operand type: float8_e4m3fn (2x the tensor-core rate) or float16 (~8 more mantissa bits for P and V).
+PV_DTYPE = torch.float8_e4m3fn
+# Add each key tile's P.V product to the float32 accumulator in registers rather than passing the accumulator
+# into the fp8 tensor-core op, which keeps only ~14 mantissa bits when it adds (Hopper).
+SPLIT_ACCUMULATION = True
 P_SCALE_LOG2 = math.log2(448.0)
 _LOG2E = 1.4426950408889634
 MIN_ABSMAX = 1e-12
@@ -64,20 +69,20 @@ def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale
     return q.flatten(2, 3).contiguous(), (scale * scale_factor).contiguous()
 
 
-def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor) -> torch.Tensor:
-    """v [B, L, H, D] -> float8_e4m3fn [B, H, D, Lpad] (transposed, zero padded)."""
+def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor, pv_dtype) -> torch.Tensor:
+    """v [B, L, H, D] -> pv_dtype [B, H, D, Lpad] (transposed, zero padded)."""
     length = v.shape[1]
     vt = (v.float().permute(0, 2, 3, 1) / v_scale[..., None]).clamp(-448.0, 448.0)
-    return torch.nn.functional.pad(vt, (0, _padded(length) - length)).to(torch.float8_e4m3fn).contiguous()
+    return torch.nn.functional.pad(vt, (0, _padded(length) - length)).to(pv_dtype).contiguous()
 
 
-def quantize_qkv_reference(q, k, v):
+def quantize_qkv_reference(q, k, v, pv_dtype=None):
     """The kernel's inputs, computed in PyTorch: (q8, q_scale, k8, k_scale, v8t, v_scale)."""
     sm_scale = q.shape[-1] ** -0.5
     q8, qs = _quantize_blocks_reference(q, None, sm_scale * _LOG2E, 1)
     k8, ks = _quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK)
     vs = v_channel_scales(v)
-    return q8, qs, k8, ks, _quantize_v_reference(v, vs), vs
+    return q8, qs, k8, ks, _quantize_v_reference(v, vs, pv_dtype or PV_DTYPE), vs
 
 
 def attention8_reference(q, k, v, block_n: int = 64, quantized=None):
@@ -99,7 +104,7 @@ def attention8_reference(q, k, v, block_n: int = 64, quantized=None):
         alpha = torch.exp2(m - m_new)
         l = l * alpha + p.sum(dim=-1)
         v_tile = v8t[:, :, :, start:stop].float().transpose(-1, -2)  # [B, H, n, D]
-        acc = acc * alpha[..., None] + p.to(torch.float8_e4m3fn).float() @ v_tile
+        acc = acc * alpha[..., None] + p.to(v8t.dtype).float() @ v_tile
         m = m_new
     out = acc / l[..., None] * vs[:, :, None, :]
     return out.transpose(1, 2).to(q.dtype)
@@ -145,7 +150,7 @@ try:
 
     @triton.jit
     def _quantize_v_kernel(x_ptr, scale_ptr, vt_ptr, length, heads, padded_len, stride_xb, stride_xl, stride_xh,
-                           HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+                           PV_FP8: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // heads
@@ -156,14 +161,16 @@ try:
         x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
         x = tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
         x = tl.math.div_rn(x, tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)[None, :])
-        q = _round_to_e4m3_grid(tl.minimum(tl.maximum(x, -448.0), 448.0)).to(tl.float8e4nv)
+        x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+        if PV_FP8:
+            x = _round_to_e4m3_grid(x)
         vt_ptrs = vt_ptr + pid_bh.to(tl.int64) * HEAD_DIM * padded_len + cols[None, :] * padded_len + rows[:, None]
-        tl.store(vt_ptrs, q)
+        tl.store(vt_ptrs, x.to(vt_ptr.dtype.element_ty))
 
     @triton.jit
     def _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, start_n, length_k, padded_len,
                          offs_n, offs_d, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_TAIL: tl.constexpr,
-                         ROUND_P: tl.constexpr):
+                         ROUND_P: tl.constexpr, PV_FP8: tl.constexpr, SPLIT_ACC: tl.constexpr):
         cols = start_n + offs_n
         k = tl.load(k_base + cols[:, None] * HEAD_DIM + offs_d[None, :])  # [BLOCK_N, D] int8
         dot = tl.dot(q, tl.trans(k), out_dtype=tl.int32)
@@ -180,17 +187,20 @@ try:
         p = tl.math.exp2(tl.fma(shifted, scale[:, None], -offset[:, None]))
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = tl.load(v_base + offs_d[:, None] * padded_len + cols[None, :])  # [D, BLOCK_N] fp8
-        if ROUND_P:  # the interpreter's cast truncates; the GPU's rounds to nearest like this
+        vt = tl.load(v_base + offs_d[:, None] * padded_len + cols[None, :])  # [D, BLOCK_N] fp8 or fp16
+        if ROUND_P and PV_FP8:  # the interpreter's fp8 cast truncates; the GPU's rounds to nearest like this
             p = _round_to_e4m3_grid(p)
-        acc = tl.dot(p.to(tl.float8e4nv), tl.trans(vt), acc * alpha[:, None])
+        if SPLIT_ACC:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), tl.trans(vt))
+        else:
+            acc = tl.dot(p.to(vt.dtype), tl.trans(vt), acc * alpha[:, None])
         return acc, l_i, m_new
 
     @triton.jit
     def _attention8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, vt_ptr, vs_ptr, out_ptr, length_q, length_k, heads,
                            padded_q, padded_k, stride_ob, stride_ol, stride_oh,
                            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           ROUND_P: tl.constexpr):
+                           ROUND_P: tl.constexpr, PV_FP8: tl.constexpr, SPLIT_ACC: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -208,10 +218,12 @@ try:
         full_end = (length_k // BLOCK_N) * BLOCK_N
         for start_n in range(0, full_end, BLOCK_N):
             acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, start_n, length_k,
-                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, False, ROUND_P)
+                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, False, ROUND_P, PV_FP8,
+                                             SPLIT_ACC)
         if full_end < length_k:
             acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, full_end, length_k,
-                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, True, ROUND_P)
+                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, True, ROUND_P, PV_FP8,
+                                             SPLIT_ACC)
         v_scale = tl.load(vs_ptr + pid_bh * HEAD_DIM + offs_d)
         out = acc / l_i[:, None] * v_scale[None, :]
         b = pid_bh // heads
@@ -226,7 +238,7 @@ try:
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in [(64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 3)]
     ]
-    _autotuned_attention8 = triton.autotune(_GPU_CONFIGS, key=["length_q", "length_k", "HEAD_DIM"])(_attention8_kernel)
+    _autotuned_attention8 = triton.autotune(_GPU_CONFIGS, key=["length_q", "length_k", "HEAD_DIM", "PV_FP8", "SPLIT_ACC"])(_attention8_kernel)
 except ImportError:
     triton = None
 
@@ -245,7 +257,7 @@ def _rows_contiguous(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def quantize_qkv(q, k, v):
+def quantize_qkv(q, k, v, pv_dtype=None):
     """Triton version of quantize_qkv_reference."""
     _check(q, k, v)
     q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
@@ -257,7 +269,7 @@ def quantize_qkv(q, k, v):
     k8 = torch.empty((b, h, pk, d), dtype=torch.int8, device=dev)
     qs = torch.empty((b, h, pq), dtype=torch.float32, device=dev)
     ks = torch.empty((b, h, pk // QUANT_BLOCK), dtype=torch.float32, device=dev)
-    v8t = torch.empty((b, h, d, pk), dtype=torch.float8_e4m3fn, device=dev)
+    v8t = torch.empty((b, h, d, pk), dtype=pv_dtype or PV_DTYPE, device=dev)
     mean = smoothing_mean(k).contiguous()
     vs = v_channel_scales(v).contiguous()
     warps = 4 if d == 64 else 8
@@ -268,14 +280,16 @@ def quantize_qkv(q, k, v):
                                                    k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
                                                    num_warps=warps)
     _quantize_v_kernel[(pk // QUANT_BLOCK, b * h)](v, vs, v8t, lk, h, pk, v.stride(0), v.stride(1), v.stride(2),
-                                                  HEAD_DIM=d, BLOCK=QUANT_BLOCK, num_warps=warps)
+                                                  PV_FP8=v8t.dtype == torch.float8_e4m3fn, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
+                                                  num_warps=warps)
     return q8, qs, k8, ks, v8t, vs
 
 
-def attention8(q, k, v, quantized=None, tiles=None):
+def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None):
     """8-bit attention; returns [B, Lq, H, D] in q's dtype.
 
-    tiles: a fixed (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the autotuner's choice.
+    quantized: quantize_qkv's output (its V dtype picks fp8 or fp16 P.V). tiles: a fixed (BLOCK_M, BLOCK_N,
+    num_warps, num_stages) instead of the autotuner's choice. split_accumulation: None = SPLIT_ACCUMULATION.
     """
     _check(q, k, v)
     b, lq, h, d = q.shape
@@ -283,18 +297,20 @@ def attention8(q, k, v, quantized=None, tiles=None):
     q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv(q, k, v)
     out = torch.empty((b, lq, h, d), dtype=q.dtype, device=q.device)
     args = (q8, qs, k8, ks, v8t, vs, out, lq, lk, h, q8.shape[2], k8.shape[2], out.stride(0), out.stride(1), out.stride(2))
+    flags = {"ROUND_P": _INTERPRET, "PV_FP8": v8t.dtype == torch.float8_e4m3fn,
+             "SPLIT_ACC": SPLIT_ACCUMULATION if split_accumulation is None else bool(split_accumulation)}
     if _INTERPRET and tiles is None:
         tiles = (32, 32, 4, 1)
     if tiles is not None:
         bm, bn, warps, stages = tiles
         if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
             raise ValueError(f"attention8: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
-        _attention8_kernel[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, ROUND_P=_INTERPRET,
+        _attention8_kernel[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **flags,
                                                           num_warps=warps, num_stages=stages)
     else:
         def grid(meta):
             return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
-        _autotuned_attention8[grid](*args, HEAD_DIM=d, ROUND_P=_INTERPRET)
+        _autotuned_attention8[grid](*args, HEAD_DIM=d, **flags)
     return out
 
 

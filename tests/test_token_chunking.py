@@ -59,7 +59,7 @@ def test_chunked_forward_is_bit_equal(task, dtype):
     dit, cfg = build(task, dtype)
     args, kwargs = inputs(cfg, dtype)
     expected = forward(dit, args, kwargs, None)
-    for chunk in (16, 7, 59):
+    for chunk in (16, 24, 59):  # >= 15 rows per GEMM: some CPU BLAS kernels change summation order for fewer rows
         assert torch.equal(forward(dit, args, kwargs, chunk), expected), chunk
     assert torch.equal(forward(dit, args, kwargs, 60), expected)  # one chunk = the whole-sequence path
 
@@ -106,7 +106,7 @@ def test_scheduler_sets_and_clears_the_chunk():
         OffloadScheduler(dit, OffloadSettings("block", token_chunk=0), "cpu")
 
 
-def block_peaks(device, dim=256, ffn=691, grid=(4, 32, 32), chunk=512):
+def block_peaks(device, dim=256, ffn=691, grid=(4, 32, 32), chunk=512, attend=None):
     """(outputs, peaks in bf16 [tokens, dim] tensors) of one bf16 block forward, whole and chunked
     (ffn = 2.7 x dim as in 14B, heads of 128)."""
     f, h, w = grid
@@ -116,7 +116,7 @@ def block_peaks(device, dim=256, ffn=691, grid=(4, 32, 32), chunk=512):
     with torch.no_grad():
         for p in block.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, device=device) * 0.05)
-    block.self_attn.attend = block.cross_attn.attend = attention_function("sdpa")
+    block.self_attn.attend = block.cross_attn.attend = attend or attention_function("sdpa")
     x = torch.randn(1, length, dim, generator=gen, device=device).bfloat16()
     e = torch.randn(1, 6, dim, generator=gen, device=device).bfloat16() * 0.1
     context = torch.randn(1, 16, dim, generator=gen, device=device).bfloat16()
@@ -131,11 +131,17 @@ def block_peaks(device, dim=256, ffn=691, grid=(4, 32, 32), chunk=512):
     return outs, peaks
 
 
+def q_shaped_stand_in(q, k, v):
+    """Attention replaced by a copy of q: attention is never chunked, and CPU SDPA's scratch memory depends on the
+    PyTorch version (torch 2.11's materializes the scores), so the CPU peak sees only what chunking changes."""
+    return q.flatten(2).clone()
+
+
 def test_chunking_lowers_the_block_activation_peak():
-    (whole_out, chunked_out), (whole, chunked) = block_peaks("cpu")
+    (whole_out, chunked_out), (whole, chunked) = block_peaks("cpu", attend=q_shaped_stand_in)
     assert torch.equal(whole_out, chunked_out)
     # Profiler-tracked, measured 9.0 whole (k's RoPE: CPU RMSNorm's and RoPE's float32 temporaries on top of
-    # x_mod, q, k) and 4.9 chunked (q, k, v + the attention output and the CPU SDPA kernel's scratch).
+    # x_mod, q, k) and 4.5 chunked (q, k, v and the attention output).
     assert whole > 8 and chunked < 5.5, (whole, chunked)
 
 
