@@ -1,4 +1,4 @@
-"""Triton kernels for the quantized linear layers and 8-bit attention, each next to its plain-PyTorch reference.
+"""Triton kernels for the quantized linear layers, 8-bit attention and LoRA side branches, each next to its plain-PyTorch reference.
 
 Importing this package never fails: without Triton, `TRITON_AVAILABLE` is False and only the references
 exist. `TRITON_INTERPRET=1` (set before this package is imported) runs the kernels on the CPU for tests.
@@ -13,7 +13,8 @@ except ImportError:  # the references below still work
 
 from .attention_8bit import (attention8, attention8_config, attention8_reference, quantize_qkv,  # noqa: E402
                              quantize_qkv_reference)
+from .lowrank_add import lowrank_add_, lowrank_add_reference  # noqa: E402
 from .act_quant import quantize_per_token, quantize_per_token_reference  # noqa: E402
 from .scaled_gemm import scaled_gemm, scaled_gemm_reference  # noqa: E402
 
-__all__ = ["TRITON_AVAILABLE", "attention8", "attention8_config", "attention8_reference", "quantize_qkv", "quantize_qkv_reference", "quantize_per_token", "quantize_per_token_reference", "scaled_gemm", "scaled_gemm_reference"]
+__all__ = ["TRITON_AVAILABLE", "attention8", "attention8_config", "attention8_reference", "quantize_qkv", "quantize_qkv_reference", "lowrank_add_", "lowrank_add_reference", "quantize_per_token", "quantize_per_token_reference", "scaled_gemm", "scaled_gemm_reference"]

@@ -1,0 +1,67 @@
+"""In-place low-rank update out += alpha * h @ up^T (a LoRA side branch added to a layer's output).
+
+out [M, N] with contiguous rows, h [M, R] (any row stride: a column slice of a shared projection), up [N, R];
+R is a LoRA rank (small). The work is one read and one write of `out`; the product is negligible. cuBLAS's
+addmm_ with K = R runs ~65% above that memory time on an H100 (0.40 ms vs 0.24 ms for a [32760, 5120] bf16
+output, 0.98 vs 0.62 ms for [32760, 13824]; bench/NOTES.md), so this kernel streams `out` tile by tile and
+adds the small product computed on the fly in float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def lowrank_add_reference(out: torch.Tensor, h: torch.Tensor, up: torch.Tensor, alpha: float) -> torch.Tensor:
+    """float32 math, rounded once to out's dtype, written into out."""
+    out.copy_((out.float() + alpha * (h.float() @ up.float().t())).to(out.dtype))
+    return out
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _lowrank_add_kernel(out_ptr, h_ptr, up_ptr, M, N, R, stride_om, stride_hm, stride_un, alpha,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rr = tl.arange(0, BLOCK_R)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for start in range(0, R, BLOCK_R):
+            cols = start + rr
+            h = tl.load(h_ptr + rm[:, None].to(tl.int64) * stride_hm + cols[None, :],
+                        mask=(rm[:, None] < M) & (cols[None, :] < R), other=0.0)
+            u = tl.load(up_ptr + rn[:, None].to(tl.int64) * stride_un + cols[None, :],
+                        mask=(rn[:, None] < N) & (cols[None, :] < R), other=0.0)
+            acc = tl.dot(h, tl.trans(u), acc)
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        o_ptrs = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :]
+        y = tl.load(o_ptrs, mask=mask, other=0.0).to(tl.float32) + alpha * acc
+        tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+except ImportError:
+    triton = None
+
+
+def lowrank_add_(out: torch.Tensor, h: torch.Tensor, up: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Triton version of lowrank_add_reference (out, h and up of one dtype; out's and up's rows contiguous)."""
+    if triton is None:
+        raise RuntimeError("Triton is not installed")
+    m, n = out.shape
+    r = h.shape[1]
+    if h.shape[0] != m or up.shape != (n, r) or out.stride(1) != 1 or h.stride(1) != 1 or up.stride(1) != 1:
+        raise ValueError(f"lowrank_add_: out {tuple(out.shape)}, h {tuple(h.shape)}, up {tuple(up.shape)} do not fit "
+                         "(or a last dimension is not contiguous)")
+    block_r = max(16, min(64, triton.next_power_of_2(r)))
+    bm, bn, warps = (32, 32, 4) if _INTERPRET else (128, 128, 8)
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    _lowrank_add_kernel[grid](out, h, up, m, n, r, out.stride(0), h.stride(0), up.stride(0), float(alpha),
+                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=block_r, num_warps=warps)
+    return out
