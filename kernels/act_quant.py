@@ -20,7 +20,10 @@ def quantize_per_token_reference(x: torch.Tensor, qdtype: torch.dtype) -> tuple[
     """x [M, K] -> (q [M, K] qdtype, scale [M, 1] float32)."""
     qmax = QMAX[qdtype]
     xf = x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(MIN_ABSMAX) / qmax
+    absmax = xf.abs().amax(dim=-1, keepdim=True).clamp_min(MIN_ABSMAX)
+    # Tensor divisors, IEEE-rounded everywhere (PyTorch's CUDA division by a Python scalar multiplies by the
+    # reciprocal, 1 ulp off); the kernel divides with div_rn, so both give the same bits.
+    scale = absmax / torch.full_like(absmax, qmax)
     scaled = xf / scale
     if qdtype == torch.int8:
         return torch.round(scaled).clamp(-128, 127).to(torch.int8), scale
@@ -54,11 +57,11 @@ try:
             cols = start + tl.arange(0, BLOCK)
             v = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
             absmax = tl.maximum(absmax, tl.abs(v))
-        scale = tl.maximum(tl.max(absmax, axis=0), 1e-12) / QMAX_C
+        scale = tl.math.div_rn(tl.maximum(tl.max(absmax, axis=0), 1e-12), QMAX_C)
         tl.store(s_ptr + row, scale)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            v = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32) / scale
+            v = tl.math.div_rn(tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32), scale)
             if IS_INT8:
                 v = (v + 12582912.0) - 12582912.0
                 q = tl.minimum(tl.maximum(v, -128.0), 127.0).to(tl.int8)

@@ -46,6 +46,12 @@ try:
         tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
     _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+    _GPU_CONFIGS = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w)
+        for bm, bn, w in [(64, 128, 4), (128, 64, 4), (64, 256, 8), (128, 128, 8), (32, 256, 4), (256, 64, 8)]
+    ]
+    # The autotuner times each config by running it: restore_value puts `out` back after each of those runs.
+    _autotuned_kernel = triton.autotune(_GPU_CONFIGS, key=["M", "N", "R"], restore_value=["out_ptr"])(_lowrank_add_kernel)
 except ImportError:
     triton = None
 
@@ -60,8 +66,10 @@ def lowrank_add_(out: torch.Tensor, h: torch.Tensor, up: torch.Tensor, alpha: fl
         raise ValueError(f"lowrank_add_: out {tuple(out.shape)}, h {tuple(h.shape)}, up {tuple(up.shape)} do not fit "
                          "(or a last dimension is not contiguous)")
     block_r = max(16, min(64, triton.next_power_of_2(r)))
-    bm, bn, warps = (32, 32, 4) if _INTERPRET else (128, 128, 8)
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    _lowrank_add_kernel[grid](out, h, up, m, n, r, out.stride(0), h.stride(0), up.stride(0), float(alpha),
-                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=block_r, num_warps=warps)
+    args = (out, h, up, m, n, r, out.stride(0), h.stride(0), up.stride(0), float(alpha))
+    if _INTERPRET:
+        _lowrank_add_kernel[(triton.cdiv(m, 32), triton.cdiv(n, 32))](*args, BLOCK_M=32, BLOCK_N=32, BLOCK_R=block_r)
+    else:
+        _autotuned_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))](
+            *args, BLOCK_R=block_r)
     return out
