@@ -23,6 +23,7 @@ import folder_paths
 from .errors import LightX2VError
 from .quant import apply_quantization, install_quant_linears
 from .quant.formats import QUANTIZED_DTYPES, SCALE_SUFFIX
+from .offload.units import is_placeholder, placeholder
 from .wan.checkpoint import is_block_directory
 from .wan.config import WanConfig
 from .wan.model import WanDiT
@@ -113,7 +114,8 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
         value = state_dict.pop(key)
         # As in ComfyUI's WanModel the patch embedding stays float32.
         target = value.dtype if _is_stored_as_is(key, value) else torch.float32 if key.startswith("patch_embedding.") else unet_dtype
-        weights[key] = value.to(device=offload_device, dtype=target)
+        # Placeholders of blocks left on disk stay one-element tensors (`.to` would allocate the full size).
+        weights[key] = placeholder(value.shape, target) if is_placeholder(value) else value.to(device=offload_device, dtype=target)
         if progress and (i % 64 == 0 or i == len(keys) - 1):
             progress(i + 1, len(keys))
     try:

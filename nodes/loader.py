@@ -4,6 +4,7 @@ import logging
 
 from comfy_api.latest import io
 
+from ..lightx2v_nodes.errors import LightX2VError
 from ..lightx2v_nodes.comfy_adapter import ProgressReporter, build_model_patcher, diffusion_model_choices, resolve_diffusion_model
 from ..lightx2v_nodes.quant import QUANTIZATION_CHOICES
 from ..lightx2v_nodes.wan.attention import BACKENDS
@@ -39,19 +40,32 @@ class LoadWanDiT(io.ComfyNode):
                                        "already in that format) and quantize activations per token (W8A8: fp8 needs an "
                                        "RTX 40xx/H100-class GPU, int8 runs on any recent GPU). -weight-only keeps 8-bit "
                                        "storage but multiplies in bf16. none dequantizes a quantized file."),
+                io.Boolean.Input("keep_blocks_on_disk", default=False, optional=True,
+                                 tooltip="Per-block folders only: load just the non-block weights and leave the "
+                                         "transformer blocks on disk. A LightX2V Offload node after this loader then "
+                                         "streams them from the folder, so host RAM holds a few blocks instead of "
+                                         "the model (for machines with little RAM). Needs quantization auto (the "
+                                         "folder's own format)."),
             ],
             outputs=[io.Model.Output(tooltip="A native MODEL: connect it to KSampler, LoRA loaders, WanImageToVideo, ...")],
         )
 
     @classmethod
-    def execute(cls, model_name, dtype, attention, quantization="auto"):
+    def execute(cls, model_name, dtype, attention, quantization="auto", keep_blocks_on_disk=False):
         progress = ProgressReporter()
         path = resolve_diffusion_model(model_name)
-        state_dict, cfg, layout = load_wan_checkpoint(path, progress=lambda d, t: progress(d, 2 * t))
+        if keep_blocks_on_disk and quantization != "auto":
+            raise LightX2VError(f"keep_blocks_on_disk streams the folder's blocks as they are stored, so quantization "
+                                f"must be auto (got {quantization}). Convert the model to a per-block folder in the "
+                                "format you want (LightX2V Convert Wan DiT / --save-by-block), or turn it off.")
+        state_dict, cfg, layout = load_wan_checkpoint(path, progress=lambda d, t: progress(d, 2 * t),
+                                                      blocks_on_disk=keep_blocks_on_disk)
         parameters = sum(v.numel() for v in state_dict.values())
         model = build_model_patcher(state_dict, cfg, dtype, attention, quantization,
                                     progress=lambda d, t: progress(t + d, 2 * t))
         dit = model.model.diffusion_model
+        if keep_blocks_on_disk:
+            dit.block_folder = path
         quant = dit.quant_plan.describe() if dit.quant_plan else "none"
         log.info("LightX2V: loaded %s (%s layout), dtype %s, attention %s, quantization %s, %.2fM parameters",
                  cfg.variant, layout, str(model.model.get_dtype()).replace("torch.", ""),

@@ -47,7 +47,7 @@ from ..wan.keys import to_original_layout
 from ..wan.model import WanDiT
 from .planner import CHUNK_TOKENS, GiB, MODES, ModelSizes, Plan, latent_tokens, plan_offload
 from .scheduler import OffloadScheduler, OffloadSettings
-from .units import non_block_refs, placeholder, tensor_bytes
+from .units import is_placeholder, non_block_refs, placeholder, tensor_bytes
 
 log = logging.getLogger("lightx2v_nodes")
 
@@ -249,9 +249,17 @@ def apply_offload(model, request: OffloadRequest):
     if request.resident_blocks > len(dit.blocks):
         raise LightX2VError(f"resident_blocks = {request.resident_blocks} but the model has {len(dit.blocks)} blocks: "
                             f"use -1 (planner) or 0..{len(dit.blocks)}.")
+    if dit.block_folder is not None and not request.lazy_dir:
+        # The loader left the blocks on disk (keep_blocks_on_disk): stream them from the folder it read. (Not
+        # blocks_on_disk(dit): a scheduler installed by an earlier run may hold resident blocks in the module.)
+        if request.mode == "none":
+            raise LightX2VError("This model's blocks were left on disk by the loader, so they can only be streamed: "
+                                "use offload mode auto, block or phase (mode none cannot run them).")
+        request = dataclasses.replace(request, lazy_dir=dit.block_folder)
     if request.mode == "none" and not isinstance(model, OffloadModelPatcher):
         return model.clone()
-    patched = _lazy_twin(model, request.lazy_dir) if request.lazy_dir and not blocks_on_disk(dit) else model.clone()
+    needs_twin = request.lazy_dir and dit.block_folder is None and not blocks_on_disk(dit)
+    patched = _lazy_twin(model, request.lazy_dir) if needs_twin else model.clone()
     patched.__class__ = OffloadModelPatcher
     patched.patches_uuid = uuid.uuid4()  # weights are placed differently from any plain clone
     patched.offload_plan = None
@@ -277,7 +285,7 @@ def resolve_block_folder(name: str) -> str:
 
 def blocks_on_disk(dit) -> bool:
     """True when the block weights are already placeholders (a lazy twin, or a loader that skipped them)."""
-    return all(t.untyped_storage().nbytes() <= t.element_size() for t in dit.blocks.state_dict().values())
+    return all(is_placeholder(t) or t.numel() <= 1 for t in dit.blocks.state_dict().values())
 
 
 def _lazy_twin(model, folder: str):

@@ -46,6 +46,18 @@ def read_header(path: str) -> tuple[dict, int]:
     return {_strip(k): v for k, v in header.items()}, 8 + length
 
 
+def header_placeholders(path: str) -> dict[str, torch.Tensor]:
+    """A block file's tensors as one-element host placeholders of their shapes and dtypes: the loader builds the
+    model around them and leaves the bytes on disk for this reader."""
+    from .units import placeholder
+
+    entries, _ = read_header(path)
+    try:
+        return {key: placeholder(tuple(e["shape"]), FILE_DTYPES[e["dtype"]]) for key, e in entries.items()}
+    except KeyError as exc:
+        raise LightX2VError(f"'{path}' holds a tensor of unsupported dtype {exc}.") from None
+
+
 def _strip(key: str) -> str:
     for prefix in KEY_PREFIXES:
         if key.startswith(prefix):

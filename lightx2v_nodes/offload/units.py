@@ -45,6 +45,10 @@ def placeholder(shape, dtype) -> torch.Tensor:
     return torch.zeros((), dtype=dtype).expand(shape)
 
 
+def is_placeholder(tensor: torch.Tensor) -> bool:
+    return tensor.numel() > 1 and tensor.untyped_storage().nbytes() <= tensor.element_size()
+
+
 def release_meta(refs: list[TensorRef]) -> None:
     """Meta tensors cannot be re-pointed to real storage: give them host placeholders first."""
     for ref in refs:

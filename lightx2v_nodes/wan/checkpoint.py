@@ -77,19 +77,30 @@ def block_directory_files(path: str) -> list[str]:
     return [os.path.join(path, n) for n in names]
 
 
-def read_state_dict(path: str, progress=None) -> dict[str, torch.Tensor]:
-    """Read a DiT checkpoint (file or per-block directory). `progress(done, total)` is called per file."""
+def read_state_dict(path: str, progress=None, blocks_on_disk: bool = False) -> dict[str, torch.Tensor]:
+    """Read a DiT checkpoint (file or per-block directory). `progress(done, total)` is called per file.
+
+    blocks_on_disk (per-block directories only): read the non-block file; block files contribute one-element
+    placeholders from their headers, for an offload scheduler that reads them while the model runs.
+    """
     if not os.path.exists(path):
         raise LightX2VError(f"Model file not found: {path}")
+    if blocks_on_disk and not os.path.isdir(path):
+        raise LightX2VError(f"Keeping blocks on disk needs a LightX2V per-block folder (listed with a trailing '/'), "
+                            f"not the single file '{os.path.basename(path)}'. Write one with `python -m "
+                            "lightx2v_nodes.convert ... --save-by-block`, or turn keep_blocks_on_disk off.")
     if os.path.isdir(path):
         if not is_block_directory(path):
             raise LightX2VError(
                 f"'{path}' is a folder but not a LightX2V per-block checkpoint (no {NON_BLOCK_NAME} or {INDEX_NAME})."
             )
+        from ..offload.lazy import header_placeholders  # the reader that later fills these placeholders
+
         files = block_directory_files(path)
         state_dict = {}
         for i, file in enumerate(files):
-            state_dict.update(read_safetensors(file))
+            keep_on_disk = blocks_on_disk and os.path.basename(file) != NON_BLOCK_NAME
+            state_dict.update(header_placeholders(file) if keep_on_disk else read_safetensors(file))
             if progress:
                 progress(i + 1, len(files))
         return state_dict
@@ -104,9 +115,9 @@ def read_state_dict(path: str, progress=None) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def load_wan_checkpoint(path: str, progress=None):
+def load_wan_checkpoint(path: str, progress=None, blocks_on_disk: bool = False):
     """Read any accepted file or directory and return (original-layout state dict, WanConfig, layout name)."""
-    state_dict, layout = to_original_layout(read_state_dict(path, progress))
+    state_dict, layout = to_original_layout(read_state_dict(path, progress, blocks_on_disk))
     check_is_wan(state_dict)
     cfg = detect_config({k: tuple(v.shape) for k, v in state_dict.items()})
     return state_dict, cfg, layout

@@ -287,9 +287,19 @@ class WanDiT(nn.Module):
             block.self_attn.attend = attend
             block.cross_attn.attend = attend
 
+    # A per-block folder whose block weights the loader left on disk (placeholders here): only an offload
+    # scheduler reading that folder can run the blocks.
+    block_folder = None
+
     def forward(self, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None, **kwargs):
         """x [B, in_dim, T, H, W], timestep [B] (sigma*1000), context [B, L, text_dim] -> [B, out_dim, T, H, W]."""
         transformer_options = transformer_options or {}
+        if self.block_folder is not None and self.blocks[0].phase_gate is None:
+            raise LightX2VError(
+                "This model's block weights were left on disk (LightX2V Load Wan DiT: keep_blocks_on_disk), so it "
+                "needs a LightX2V Offload node between the loader and the sampler to stream them. Add one, or "
+                "turn keep_blocks_on_disk off."
+            )
         if x.shape[1] != self.in_dim:
             if self.in_dim > x.shape[1]:
                 raise LightX2VError(
