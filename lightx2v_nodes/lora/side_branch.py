@@ -15,6 +15,7 @@ where cuBLAS's addmm_ with a rank-sized K takes ~65% longer.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +32,16 @@ SHARED_INPUT = {"self_attn": (("q", "k", "v"),), "cross_attn": (("k", "v"), ("k_
 
 
 def _add_in_place(out: torch.Tensor, h: torch.Tensor, up: torch.Tensor, factor: float) -> None:
-    if out.is_cuda and not torch.compiler.is_compiling() and load_kernels().TRITON_AVAILABLE:
+    if out.is_cuda and not torch.compiler.is_compiling() and _triton_add_works(out.device):
         load_kernels().lowrank_add_(out, h, up, factor)
-    else:  # CPU, or inside a compiled graph (the compiler plans that add itself)
+    else:  # CPU, older GPUs, or inside a compiled graph (the compiler plans that add itself)
         out.addmm_(h, up.t(), alpha=factor)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_add_works(device: torch.device) -> bool:
+    """Triton installed and a GPU whose tensor cores take bf16 (compute capability 8.0+: Ampere and later)."""
+    return load_kernels().TRITON_AVAILABLE and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def input_groups(modules: list[str]) -> list[tuple[str, ...]]:

@@ -11,6 +11,7 @@ else SDPA (which on the H100 beats sageattention and flash-attn too, REFERENCE.m
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 
@@ -55,7 +56,17 @@ def _flash(q, k, v):
 
 def _eight_bit_applies(q, k) -> bool:
     return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in (64, 128)
-            and k.shape[1] >= MIN_KEYS_8BIT)
+            and k.shape[1] >= MIN_KEYS_8BIT and _has_fp8_tensor_cores(q.device))
+
+
+@functools.lru_cache(maxsize=None)
+def _has_fp8_tensor_cores(device: torch.device) -> bool:
+    """fp8 P.V needs compute capability 8.9+ (Ada, Hopper and later); older GPUs keep SDPA, said once."""
+    capable = torch.cuda.get_device_capability(device) >= (8, 9)
+    if not capable:
+        log.warning("LightX2V: attention lightx2v-int8 needs fp8 tensor cores (RTX 40xx / H100 or newer); "
+                    "%s uses SDPA instead.", torch.cuda.get_device_name(device))
+    return capable
 
 
 @torch.compiler.disable  # a Triton autotuned launcher: compiled blocks call it as is (one graph break)
