@@ -5,8 +5,7 @@ cross-attention 32,760 queries x 512 text tokens and x 257 image tokens (--head-
 Inputs are bf16, shaped like a trained DiT's: Q and K carry a few outlier channels (10x), K a large shared bias (what smoothing removes).
 Backends: sdpa (PyTorch's choice: cuDNN on the H100), sdpa-flash (its FlashAttention-2), sage (sageattention
 1.0.6, when installed), flash (flash-attn, when installed), ours (`lightx2v-int8`: quantization + kernel) and
-ours-kernel (the attention kernel alone, inputs already quantized; TMA loads on Hopper), ours-kernel-ptr (its
-pointer-load version), ours-quant (Q/K/V quantization alone). Accuracy: cosine and relative error of
+ours-kernel (the attention kernel alone, inputs already quantized), ours-quant (Q/K/V quantization alone). Accuracy: cosine and relative error of
 each backend vs float32 attention (computed per head group, in float32), NaN/Inf check at magnitudes 1e3.
 Median of --runs after --warmup, CUDA events. Writes JSON to $OUT or bench/results/attention.json.
 
@@ -137,9 +136,6 @@ def main():
                 kernel_only["s"] = timed(lambda: kernels.attention8(q, k, v, quantized=quantized), runs, warmup, device)
                 kernel_only["tflops"] = flops / kernel_only["s"] / 1e12
                 kernel_only["config"] = str(kernels.attention8_config())
-                pointer_s = timed(lambda: kernels.attention8(q, k, v, quantized=quantized, tma=False), runs, warmup, device)
-                rows.append({"shape": name, "backend": "ours-kernel-ptr", "lq": lq, "lk": lk, "s": pointer_s,
-                             "tflops": flops / pointer_s / 1e12})
                 rows.append(kernel_only)
                 quant_s = timed(lambda: kernels.quantize_qkv(q, k, v), runs, warmup, device)
                 rows.append({"shape": name, "backend": "ours-quant", "lq": lq, "lk": lk, "s": quant_s, "tflops": 0.0})

@@ -24,7 +24,6 @@ blocks) in PyTorch; tests compare the kernel with it and with exact float32 atte
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 
@@ -171,16 +170,18 @@ try:
         tl.store(vt_ptrs, x.to(vt_ptr.dtype.element_ty))
 
     @triton.jit
-    def _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, k_scale, cols, length_k, MASK_TAIL: tl.constexpr,
-                         ROUND_P: tl.constexpr, SPLIT_ACC: tl.constexpr):
-        """One key tile: k [BLOCK_N, D] int8, vt [D, BLOCK_N] fp8/fp16, k_scale its K scale."""
+    def _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, start_n, length_k, padded_len,
+                         offs_n, offs_d, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_TAIL: tl.constexpr,
+                         ROUND_P: tl.constexpr, PV_FP8: tl.constexpr, SPLIT_ACC: tl.constexpr):
+        cols = start_n + offs_n
+        k = tl.load(k_base + cols[:, None] * HEAD_DIM + offs_d[None, :])  # [BLOCK_N, D] int8
         dot = tl.dot(q, tl.trans(k), out_dtype=tl.int32)
         # |dot| <= 127^2 * 128 < 2^22, so adding the bit pattern of 1.5 * 2^23 gives the float32 whose value is
         # exactly 1.5 * 2^23 + dot: an integer add instead of a slower int-to-float conversion (7% of the kernel).
         shifted = (dot + 0x4B400000).to(tl.float32, bitcast=True)
         if MASK_TAIL:
             shifted = tl.where(cols[None, :] < length_k, shifted, float("-inf"))
-        scale = row_scale * k_scale
+        scale = row_scale * tl.load(ks_base + start_n // 128)
         m_new = tl.maximum(m_i, (tl.max(shifted, axis=1) - 12582912.0) * scale)
         # exp2(score - max + log2(448)) with score = (shifted - 1.5 * 2^23) * scale, as one fused multiply-add:
         # the offset's fp32 rounding is ~1.5 * scale, 300x below the int8 rounding of the score itself.
@@ -188,7 +189,8 @@ try:
         p = tl.math.exp2(tl.fma(shifted, scale[:, None], -offset[:, None]))
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if ROUND_P and vt.dtype == tl.float8e4nv:  # the interpreter's fp8 cast truncates; the GPU's rounds like this
+        vt = tl.load(v_base + offs_d[:, None] * padded_len + cols[None, :])  # [D, BLOCK_N] fp8 or fp16
+        if ROUND_P and PV_FP8:  # the interpreter's fp8 cast truncates; the GPU's rounds to nearest like this
             p = _round_to_e4m3_grid(p)
         if SPLIT_ACC:
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), tl.trans(vt))
@@ -197,21 +199,10 @@ try:
         return acc, l_i, m_new
 
     @triton.jit
-    def _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh,
-                      HEAD_DIM: tl.constexpr):
-        offs_d = tl.arange(0, HEAD_DIM)
-        out = acc / l_i[:, None] * tl.load(vs_ptr + pid_bh * HEAD_DIM + offs_d)[None, :]
-        b = pid_bh // heads
-        h = pid_bh % heads
-        o_ptrs = out_ptr + b.to(tl.int64) * stride_ob + offs_m[:, None].to(tl.int64) * stride_ol + h * stride_oh + offs_d[None, :]
-        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_m[:, None] < length_q)
-
-    @triton.jit
     def _attention8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, vt_ptr, vs_ptr, out_ptr, length_q, length_k, heads,
                            padded_q, padded_k, stride_ob, stride_ol, stride_oh,
                            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           ROUND_P: tl.constexpr, SPLIT_ACC: tl.constexpr):
-        """Pointer loads: any GPU with fp8 tensor cores, and Triton's CPU interpreter."""
+                           ROUND_P: tl.constexpr, PV_FP8: tl.constexpr, SPLIT_ACC: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -228,68 +219,28 @@ try:
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         full_end = (length_k // BLOCK_N) * BLOCK_N
         for start_n in range(0, full_end, BLOCK_N):
-            cols = start_n + offs_n
-            k = tl.load(k_base + cols[:, None] * HEAD_DIM + offs_d[None, :])
-            vt = tl.load(v_base + offs_d[:, None] * padded_k + cols[None, :])
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + start_n // 128),
-                                             cols, length_k, False, ROUND_P, SPLIT_ACC)
-        if full_end < length_k:  # the masked tail tile (K and V^T are zero-padded to QUANT_BLOCK)
-            cols = full_end + offs_n
-            k = tl.load(k_base + cols[:, None] * HEAD_DIM + offs_d[None, :])
-            vt = tl.load(v_base + offs_d[:, None] * padded_k + cols[None, :])
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + full_end // 128),
-                                             cols, length_k, True, ROUND_P, SPLIT_ACC)
-        _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh, HEAD_DIM)
-
-    @triton.jit
-    def _attention8_kernel_tma(desc_q, qs_ptr, desc_k, ks_ptr, desc_v, vs_ptr, out_ptr, length_q, length_k, heads,
-                               padded_q, padded_k, stride_ob, stride_ol, stride_oh,
-                               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               ROUND_P: tl.constexpr, SPLIT_ACC: tl.constexpr):
-        """The same algorithm with Hopper's tensor-memory-accelerator loads (host descriptors over the 2-D views
-        [B*H*Lpad, D] of Q and K and [B*H*D, Lpad] of V^T): 4.5% faster than pointer loads on an H100."""
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        q = desc_q.load([pid_bh * padded_q + pid_m * BLOCK_M, 0])
-        row_scale = tl.load(qs_ptr + pid_bh.to(tl.int64) * padded_q + offs_m)
-        ks_base = ks_ptr + pid_bh * (padded_k // 128)
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        full_end = (length_k // BLOCK_N) * BLOCK_N
-        for start_n in range(0, full_end, BLOCK_N):
-            k = desc_k.load([pid_bh * padded_k + start_n, 0])
-            vt = desc_v.load([pid_bh * HEAD_DIM, start_n])
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + start_n // 128),
-                                             start_n + offs_n, length_k, False, ROUND_P, SPLIT_ACC)
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, start_n, length_k,
+                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, False, ROUND_P, PV_FP8,
+                                             SPLIT_ACC)
         if full_end < length_k:
-            k = desc_k.load([pid_bh * padded_k + full_end, 0])
-            vt = desc_v.load([pid_bh * HEAD_DIM, full_end])
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + full_end // 128),
-                                             full_end + offs_n, length_k, True, ROUND_P, SPLIT_ACC)
-        _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh, HEAD_DIM)
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, full_end, length_k,
+                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, True, ROUND_P, PV_FP8,
+                                             SPLIT_ACC)
+        v_scale = tl.load(vs_ptr + pid_bh * HEAD_DIM + offs_d)
+        out = acc / l_i[:, None] * v_scale[None, :]
+        b = pid_bh // heads
+        h = pid_bh % heads
+        o_ptrs = out_ptr + b.to(tl.int64) * stride_ob + offs_m[:, None].to(tl.int64) * stride_ol + h * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_m[:, None] < length_q)
 
     _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-    def _descriptor_blocks(nargs):
-        """Autotuner pre-hook: the TMA descriptors' block shapes follow the config's tiles."""
-        d = nargs["HEAD_DIM"]
-        nargs["desc_q"].block_shape = [nargs["BLOCK_M"], d]
-        nargs["desc_k"].block_shape = [nargs["BLOCK_N"], d]
-        nargs["desc_v"].block_shape = [d, nargs["BLOCK_N"]]
-
-    # The fastest tiles of the H100 sweeps at 32,760 tokens (bench/attention.py --sweep, bench/NOTES.md); key tiles
+    # The fastest tiles of the H100 sweep at 32,760 tokens (bench/attention.py --sweep, bench/NOTES.md); key tiles
     # must divide QUANT_BLOCK (one K scale per tile).
-    _TILES = [(64, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)]
-    _KEY = ["length_q", "length_k", "HEAD_DIM", "SPLIT_ACC"]  # (the autotuner adds the tensors' dtypes)
-    _autotuned_attention8 = triton.autotune(
-        [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in _TILES],
-        key=_KEY)(_attention8_kernel)
-    _autotuned_attention8_tma = triton.autotune(
-        [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_descriptor_blocks)
-         for bm, bn, w, s in _TILES], key=_KEY)(_attention8_kernel_tma)
+    _GPU_CONFIGS = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(64, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)]
+    ]
+    _autotuned_attention8 = triton.autotune(_GPU_CONFIGS, key=["length_q", "length_k", "HEAD_DIM", "PV_FP8", "SPLIT_ACC"])(_attention8_kernel)
 except ImportError:
     triton = None
 
@@ -336,65 +287,35 @@ def quantize_qkv(q, k, v, pv_dtype=None):
     return q8, qs, k8, ks, v8t, vs
 
 
-def _use_tma(device: torch.device) -> bool:
-    """Hopper (compute capability 9.x, where it was measured) with Triton's host tensor descriptors."""
-    if _INTERPRET or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
-        return False
-    return importlib.util.find_spec("triton.tools.tensor_descriptor") is not None
-
-
-def _descriptors(q8, k8, v8t, tiles):
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    b, h, pq, d = q8.shape
-    pk = k8.shape[2]
-    bm, bn = tiles
-    return (TensorDescriptor(q8, [b * h * pq, d], [d, 1], [bm, d]),
-            TensorDescriptor(k8, [b * h * pk, d], [d, 1], [bn, d]),
-            TensorDescriptor(v8t, [b * h * d, pk], [pk, 1], [d, bn]))
-
-
-def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None, tma=None):
+def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None):
     """8-bit attention; returns [B, Lq, H, D] in q's dtype.
 
     quantized: quantize_qkv's output (its V dtype picks fp8 or fp16 P.V). tiles: a fixed (BLOCK_M, BLOCK_N,
     num_warps, num_stages) instead of the autotuner's choice. split_accumulation: None = SPLIT_ACCUMULATION.
-    tma: TMA descriptor loads (None: on Hopper) or pointer loads.
     """
     _check(q, k, v)
     b, lq, h, d = q.shape
     lk = k.shape[1]
     q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv(q, k, v)
     out = torch.empty((b, lq, h, d), dtype=q.dtype, device=q.device)
-    tma = _use_tma(q.device) if tma is None else tma
+    args = (q8, qs, k8, ks, v8t, vs, out, lq, lk, h, q8.shape[2], k8.shape[2], out.stride(0), out.stride(1), out.stride(2))
+    flags = {"ROUND_P": _INTERPRET, "PV_FP8": v8t.dtype == torch.float8_e4m3fn,
+             "SPLIT_ACC": SPLIT_ACCUMULATION if split_accumulation is None else bool(split_accumulation)}
     if _INTERPRET and tiles is None:
         tiles = (32, 32, 4, 1)
-    if tiles is not None and (QUANT_BLOCK % tiles[1] or QUANT_BLOCK % tiles[0]):
-        raise ValueError(f"attention8: tiles must divide {QUANT_BLOCK}, got BLOCK_M={tiles[0]}, BLOCK_N={tiles[1]}")
-    if tma:
-        desc_q, desc_k, desc_v = _descriptors(q8, k8, v8t, tiles[:2] if tiles else (64, 64))  # autotune resets them
-        operands = (desc_q, qs, desc_k, ks, desc_v, vs)
-        kernel, autotuned = _attention8_kernel_tma, _autotuned_attention8_tma
-    else:
-        operands = (q8, qs, k8, ks, v8t, vs)
-        kernel, autotuned = _attention8_kernel, _autotuned_attention8
-    args = (*operands, out, lq, lk, h, q8.shape[2], k8.shape[2], out.stride(0), out.stride(1), out.stride(2))
-    flags = {"ROUND_P": _INTERPRET,
-             "SPLIT_ACC": SPLIT_ACCUMULATION if split_accumulation is None else bool(split_accumulation)}
     if tiles is not None:
         bm, bn, warps, stages = tiles
-        kernel[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **flags, num_warps=warps,
-                                             num_stages=stages)
+        if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
+            raise ValueError(f"attention8: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
+        _attention8_kernel[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **flags,
+                                                          num_warps=warps, num_stages=stages)
     else:
         def grid(meta):
             return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
-        autotuned[grid](*args, HEAD_DIM=d, **flags)
+        _autotuned_attention8[grid](*args, HEAD_DIM=d, **flags)
     return out
 
 
 def attention8_config():
-    """The autotuners' last chosen tile configurations (None before the first GPU call)."""
-    if triton is None:
-        return None
-    return {name: getattr(tuner, "best_config", None)
-            for name, tuner in (("pointer", _autotuned_attention8), ("tma", _autotuned_attention8_tma))}
+    """The autotuner's last chosen tile configuration (None before the first GPU call)."""
+    return getattr(_autotuned_attention8, "best_config", None) if triton is not None else None
