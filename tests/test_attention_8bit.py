@@ -23,7 +23,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.append(os.path.join(ROOT, "bench"))  # after everything else: its module names are generic
 
 from attention import compare, exact_attention, wan_like  # noqa: E402
 
@@ -81,7 +81,7 @@ INTERPRETER_CHECKS = textwrap.dedent("""
     import sys
     import torch
     sys.path.insert(0, ROOT)
-    sys.path.insert(0, ROOT + "/bench")
+    sys.path.append(ROOT + "/bench")
     import kernels
     from attention import compare, exact_attention
     from lightx2v_nodes.wan import attention, synthetic
