@@ -152,7 +152,10 @@ def specs() -> list[dict]:
                        "For small GPUs: the 14B model quantized to fp8 on load (or load a converted fp8 file with "
                        "quantization auto), the distill LoRA as a side branch (nothing to requantize while streaming), "
                        "block weights streamed by LightX2V Offload within an 8 GB budget, and the tiny VAE for "
-                       "decoding (the full-VAE branch is muted). Needs about 32 GB of system RAM.\n"
+                       "decoding (the full-VAE branch is muted). Needs about 32 GB of system RAM; with less, convert "
+                       "the model once to an fp8 per-block folder (LightX2V Convert Wan DiT, save_by_block on), load "
+                       "that folder with quantization auto and keep_blocks_on_disk on: the blocks then stream from "
+                       "disk and RAM holds only a few.\n"
                        "**DiT** `wan2.1_t2v_14B_bf16.safetensors` -> `models/diffusion_models/`\n"
                        "**LoRA** `Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors` -> `models/loras/`",
                        lora="Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors", lora_mode="side-branch",
