@@ -231,3 +231,44 @@ def test_compiled_phases_trace_without_graph_breaks():
     torch._dynamo.reset()
     assert explained.graph_break_count == 0, explained.break_reasons
     assert rel_err(compiled, eager) <= TOL
+
+
+# ---- folding the branch into a transient copy of 16-bit weights ----
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_folded_weights_equal_the_activation_path_and_are_restored(task):
+    cfg = wan_synthetic.tiny_config(task)
+    dit = make_model(cfg, wan_synthetic.random_state_dict(cfg, seed=4))
+    inputs = model_inputs(cfg)
+    patches = low_rank_patches(cfg, 5)
+    stored = {name: (p, p.detach().clone()) for name, p in dit.named_parameters()}
+    activation = run_with(dit, inputs, [SideBranches(patches, 0.8, fold_weights=False)])
+    chained = [SideBranches(patches, 0.8, fold_weights=True), SideBranches(low_rank_patches(cfg, 6), -0.5, fold_weights=True)]
+    folded = run_with(dit, inputs, chained[:1])
+    assert rel_err(folded, activation) <= TOL
+    both_folded = run_with(dit, inputs, chained)
+    both_activation = run_with(dit, inputs, [SideBranches(patches, 0.8, fold_weights=False),
+                                             SideBranches(low_rank_patches(cfg, 6), -0.5, fold_weights=False)])
+    assert rel_err(both_folded, both_activation) <= TOL
+    for name, p in dit.named_parameters():  # the very same Parameter objects, bit-identical values
+        assert p is stored[name][0] and torch.equal(p, stored[name][1]), name
+
+
+def test_folding_is_chosen_by_memory_traffic_and_undone_after_an_error():
+    assert side_branch._folding_pays(32760, 5120, 5120) and side_branch._folding_pays(32760, 13824, 5120)
+    assert not side_branch._folding_pays(512, 5120, 5120)  # the text context of cross-attention k/v
+    cfg = wan_synthetic.tiny_config("t2v")
+    dit = make_model(cfg, wan_synthetic.random_state_dict(cfg, seed=4))
+    branches = SideBranches(low_rank_patches(cfg, 5), 1.0, fold_weights=True)
+    q = dit.blocks[0].self_attn.q
+    original = q.weight
+
+    def fail(module, args):
+        raise RuntimeError("interrupted")
+
+    handle = q.register_forward_pre_hook(fail)  # registered after the fold hook: the weight is folded by then
+    with pytest.raises(RuntimeError, match="interrupted"), torch.inference_mode():
+        with branches.installed(dit):
+            q(torch.randn(3, cfg.dim))
+    handle.remove()
+    assert q.weight is original and not branches._folded
