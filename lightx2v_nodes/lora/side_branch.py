@@ -1,11 +1,14 @@
 """LoRA as a side branch: y = layer(x) + strength * scale * (x @ down^T) @ up^T, weights left untouched.
 
-Forward hooks on the target modules add the low-rank path to whatever the layer returns, so it works for
-every weight format (bf16, fp8, int8, offloaded) and costs ~rank/dim extra FLOPs. Hooks live only inside
-`installed(...)`, so nothing is left on the shared modules between runs.
+Hooks on the target modules live only inside `installed(...)`, so nothing is left on the shared modules
+between runs. Two ways to apply a module's pairs, chosen per call:
+- Folding (16-bit weights, long inputs): a pre-hook puts W + sum(factor * up @ down) in place of the weight for
+  that one forward and the forward hook puts the module's own weight back (see FOLDABLE_DTYPES).
+- The activation path (every weight format: bf16, fp8, int8, offloaded): the forward hook adds the low-rank
+  path to whatever the layer returns.
 
-The branch is memory-bound at video shapes: its cost is reading the layer input for x @ down^T and reading +
-writing the output once more for the in-place add. Sibling layers that are fed the same input tensor (q/k/v
+The activation path is memory-bound at video shapes: its cost is reading the layer input for x @ down^T and
+reading + writing the output once more for the in-place add. Sibling layers that are fed the same input tensor (q/k/v
 of self-attention, k/v and k_img/v_img of cross-attention) therefore share one projection: the first of them to run computes x @ [down_q; down_k;
 down_v]^T, reading x once instead of three times, and each adds its own column slice of the result. On CUDA
 the add runs in our Triton kernel (kernels/lowrank_add.py) at the speed of one read + write of the output,
