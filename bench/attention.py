@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from bench_common import device_name, results_dir  # noqa: E402  (puts the repo on sys.path)
+from bench_common import device_name, median_seconds, results_dir  # noqa: E402  (puts the repo on sys.path)
 
 from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
 from lightx2v_nodes.wan.attention import attention_function  # noqa: E402
@@ -72,24 +70,6 @@ def backends(device):
     return found
 
 
-def timed(fn, runs, warmup, device):
-    for _ in range(warmup):
-        fn()
-    if device.type != "cuda":
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    times = []
-    for _ in range(runs):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1000)
-    return statistics.median(times)
-
-
 def compare(out, ref):
     out, ref = out.float().flatten(), ref.float().flatten()
     return {"cosine": F.cosine_similarity(out, ref, dim=0).item(), "rel_err": ((out - ref).norm() / ref.norm()).item(),
@@ -125,7 +105,7 @@ def main():
         big = [t.float().mul(1e3 / t.float().abs().amax()).to(torch.bfloat16) for t in (q, k, v)]
         for backend, fn in backends(device).items():
             row = {"shape": name, "backend": backend, "lq": lq, "lk": lk}
-            row["s"] = timed(lambda: fn(q, k, v), runs, warmup, device)
+            row["s"] = median_seconds(lambda: fn(q, k, v), warmup, runs, device)
             row["tflops"] = flops / row["s"] / 1e12
             row.update(compare(fn(q, k, v).reshape(ref.shape), ref))
             row["finite_at_1e3"] = bool(torch.isfinite(fn(*big)).all())
@@ -133,11 +113,11 @@ def main():
             if backend == "ours":
                 quantized = kernels.quantize_qkv(q, k, v)
                 kernel_only = {"shape": name, "backend": "ours-kernel", "lq": lq, "lk": lk}
-                kernel_only["s"] = timed(lambda: kernels.attention8(q, k, v, quantized=quantized), runs, warmup, device)
+                kernel_only["s"] = median_seconds(lambda: kernels.attention8(q, k, v, quantized=quantized), warmup, runs, device)
                 kernel_only["tflops"] = flops / kernel_only["s"] / 1e12
                 kernel_only["config"] = str(kernels.attention8_config())
                 rows.append(kernel_only)
-                quant_s = timed(lambda: kernels.quantize_qkv(q, k, v), runs, warmup, device)
+                quant_s = median_seconds(lambda: kernels.quantize_qkv(q, k, v), warmup, runs, device)
                 rows.append({"shape": name, "backend": "ours-quant", "lq": lq, "lk": lk, "s": quant_s, "tflops": 0.0})
         del q, k, v, ref, big
         if device.type == "cuda":
@@ -172,7 +152,7 @@ def sweep(shape, heads, head_dim, runs, warmup, device, gen):
                     return kernels.attention8(q, k, v, quantized=quantized, tiles=tiles, split_accumulation=split)
                 row = {"tiles": tiles, "pv": pv_name, "split": split}
                 try:
-                    row.update(s=timed(run, runs, warmup, device), **compare(run(), ref))
+                    row.update(s=median_seconds(run, warmup, runs, device), **compare(run(), ref))
                 except Exception as exc:  # noqa: BLE001 - a config that does not compile (shared memory) is skipped
                     row["error"] = str(exc)[:120]
                 rows.append(row)

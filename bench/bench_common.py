@@ -1,8 +1,10 @@
-"""What every benchmark script shares: the repo on sys.path, where results go, the device's name, and
+"""What every benchmark script shares: the repo on sys.path, where results go, the device's name, timing, and
 importing the extracted ComfyUI (from --comfyui) for native comparisons."""
 
 import os
+import statistics
 import sys
+import time
 
 import torch
 
@@ -16,6 +18,26 @@ def results_dir() -> str:
     path = os.environ.get("OUT") or os.path.join(ROOT, "bench", "results")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def median_seconds(fn, warmup: int, runs: int, device: torch.device) -> float:
+    """Median seconds of fn() over `runs` calls after `warmup` calls: CUDA events on the GPU, wall clock on the CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def device_name(device: torch.device) -> str:

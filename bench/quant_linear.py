@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
+from bench_common import ROOT, device_name, median_seconds, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
 from lightx2v_nodes.quant import backends, install_quant_linears, quantize_weight  # noqa: E402
 from lightx2v_nodes.quant.formats import FORMATS  # noqa: E402
@@ -76,33 +74,6 @@ BACKENDS = {
     "int8 reference": ("int8", backends.reference, False),
 }
 DEFAULT_FULL = [b for b in BACKENDS if "reference" not in b]
-
-
-def timer(device):
-    if device.type == "cuda":
-        def measure(fn, warmup, runs):
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(runs):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            return statistics.median(times)
-    else:
-        def measure(fn, warmup, runs):
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
-    return measure
 
 
 def cosine(a, b):
@@ -252,7 +223,8 @@ def main(argv=None):
         parser.error(f"unknown backends {unknown}")
     if "bf16" not in names:
         names = ["bf16"] + names
-    measure = timer(device)
+    def measure(fn, warmup, runs):
+        return median_seconds(fn, warmup, runs, device)
     runs, warmup = (3, 1) if args.tiny else (args.runs, args.warmup)
     rows = []
     for label, (m, k, n, _) in shapes.items():
