@@ -15,14 +15,14 @@ GPU tests (skipped without CUDA) repeat the accuracy bounds at 1k, 8k and 32,760
 """
 
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from triton_interpreter import ROOT, run_in_triton_interpreter
+
 sys.path.append(os.path.join(ROOT, "bench"))  # after everything else: its module names are generic
 
 from attention import compare, exact_attention, wan_like  # noqa: E402
@@ -124,16 +124,7 @@ INTERPRETER_CHECKS = textwrap.dedent("""
 
 
 def test_kernel_in_triton_interpreter():
-    triton = pytest.importorskip("triton")
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA GPU is present: the GPU tests run the compiled kernel")
-    if tuple(int(p) for p in triton.__version__.split("+")[0].split(".")[:2]) < (3, 8):
-        pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run these kernels (needs >= 3.8, as in CI)")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    script = f"ROOT = {ROOT!r}\n" + INTERPRETER_CHECKS
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "attention8 matches its reference" in result.stdout
+    assert "attention8 matches its reference" in run_in_triton_interpreter(INTERPRETER_CHECKS)
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

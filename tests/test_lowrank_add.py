@@ -7,17 +7,13 @@ bf16 ulp, with h a strided column slice as the side branch passes it, and the ho
 merged-weight output as in tests/test_lora_side_branch.py.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from lightx2v_nodes.quant.kernel_import import load_kernels
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from triton_interpreter import run_in_triton_interpreter
 kernels = load_kernels()
 SHAPES = [(37, 50, 8), (70, 33, 64), (65, 130, 100)]  # (M, N, rank), none a multiple of the tiles
 
@@ -50,16 +46,7 @@ CHECKS = textwrap.dedent("""
 
 
 def test_lowrank_add_in_triton_interpreter():
-    triton = pytest.importorskip("triton")
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA GPU is present: the GPU test runs the compiled kernel")
-    if tuple(int(p) for p in triton.__version__.split("+")[0].split(".")[:2]) < (3, 8):
-        pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run this kernel (needs >= 3.8, as in CI)")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, "-c", f"ROOT = {ROOT!r}\n" + CHECKS], env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "lowrank_add matches its reference" in result.stdout
+    assert "lowrank_add matches its reference" in run_in_triton_interpreter(CHECKS)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
