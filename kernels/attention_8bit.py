@@ -121,6 +121,18 @@ try:
 
     from .act_quant import _round_to_e4m3_grid
 
+    @triton.jit
+    def _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
+                        HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+        """Tokens [pid_blk * BLOCK, +BLOCK) of one (batch, head) of x [B, L, H, D] as float32 (zeros past length)."""
+        b = pid_bh // heads
+        h = pid_bh % heads
+        rows = pid_blk * BLOCK + tl.arange(0, BLOCK)
+        cols = tl.arange(0, HEAD_DIM)
+        valid = rows[:, None] < length
+        x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
+        return rows, cols, valid, tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
+
     # Divisions are IEEE-rounded (div_rn; Triton's `/` is approximate on the GPU), so the 8-bit values equal the
     # PyTorch reference's bit for bit.
     @triton.jit
@@ -129,13 +141,8 @@ try:
                             BLOCK: tl.constexpr):
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
-        b = pid_bh // heads
-        h = pid_bh % heads
-        rows = pid_blk * BLOCK + tl.arange(0, BLOCK)
-        cols = tl.arange(0, HEAD_DIM)
-        valid = rows[:, None] < length
-        x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
-        x = tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
+        rows, cols, valid, x = _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
+                                               HEAD_DIM, BLOCK)
         if HAS_MEAN:
             x = tl.where(valid, x - tl.load(mean_ptr + pid_bh * HEAD_DIM + cols)[None, :], 0.0)
         if PER_ROW:
@@ -158,13 +165,8 @@ try:
                            PV_FP8: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
-        b = pid_bh // heads
-        h = pid_bh % heads
-        rows = pid_blk * BLOCK + tl.arange(0, BLOCK)
-        cols = tl.arange(0, HEAD_DIM)
-        valid = rows[:, None] < length
-        x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
-        x = tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
+        rows, cols, _, x = _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
+                                               HEAD_DIM, BLOCK)
         x = tl.math.div_rn(x, tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)[None, :])
         x = tl.minimum(tl.maximum(x, -448.0), 448.0)
         if PV_FP8:
