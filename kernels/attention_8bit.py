@@ -166,7 +166,7 @@ try:
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
         rows, cols, _, x = _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
-                                               HEAD_DIM, BLOCK)
+                                           HEAD_DIM, BLOCK)
         x = tl.math.div_rn(x, tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)[None, :])
         x = tl.minimum(tl.maximum(x, -448.0), 448.0)
         if PV_FP8:
