@@ -180,13 +180,13 @@ class SideBranches:
             return None
         return fold
 
-    def _restore(self, root: torch.nn.Module, name: str) -> None:
-        root.get_submodule(name)._parameters["weight"] = self._folded.pop(name)
+    def _restore(self, module: torch.nn.Module, name: str) -> None:
+        module._parameters["weight"] = self._folded.pop(name)
 
     def _hook(self, name: str):
         def add_branches(module, args, kwargs, output):
             if name in self._folded:  # the branch was in the weight for this forward: put the weight back
-                module._parameters["weight"] = self._folded.pop(name)
+                self._restore(module, name)
                 return output
             x = args[0] if args else kwargs["input"]
             h_all = self._projection(name, x, output)
@@ -218,5 +218,5 @@ class SideBranches:
             for handle in handles:
                 handle.remove()
             for name in list(self._folded):  # a forward that raised between the two hooks
-                self._restore(root, name)
+                self._restore(root.get_submodule(name), name)
             self._shared.clear()  # projections of members that never ran
