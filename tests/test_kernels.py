@@ -77,6 +77,27 @@ CHECKS = textwrap.dedent("""
         ratio = ((out.float() - ref).abs() / (ref.abs() * 2.0 ** -7 + tol * accumulation + 1e-30)).max().item()
         assert ratio <= 1.0, f"gemm bf16 {qdtype} {m}x{k}x{n}: error {ratio}x (1 bf16 ulp + accumulation bound)"
 
+    def check_gelu_quant(m, k, qdtype, seed):
+        # GELU fused into the quantization vs float32 GELU then the reference quantization. The kernel's GELU
+        # formula (x / (1 + exp(-2u))) differs from torch's tanh form by float32 rounding (~1e-7), which can move a
+        # scale by an ulp and a value sitting on a rounding boundary by one quantization step; nothing more.
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+        x = (torch.randn(m, k, generator=g, device=DEVICE) * 3).bfloat16()
+        x[0, :] = 0.0
+        q, s = kernels.gelu_quantize_per_token(x, qdtype)
+        qr, sr = kernels.gelu_quantize_per_token_reference(x, qdtype)
+        assert q.dtype == qdtype and s.shape == sr.shape
+        assert ((s - sr).abs() <= sr * 1e-6).all(), f"gelu quant {qdtype} {m}x{k}: scales"
+        got, want = q.float() * s, qr.float() * sr
+        step = sr * 1.01 if qdtype == torch.int8 else want.abs() * 2.0 ** -3 + sr * 2.0 ** -6
+        assert ((got - want).abs() <= step).all(), f"gelu quant {qdtype} {m}x{k}: values"
+        differ = (q.float() != qr.float()).float().mean().item()
+        assert differ <= 1e-3, f"gelu quant {qdtype} {m}x{k}: {differ:.2%} of the values differ"
+
+    for i, (m, k) in enumerate(GELU_SHAPES):
+        for qdtype in (torch.int8, torch.float8_e4m3fn):
+            check_gelu_quant(m, k, qdtype, seed=i)
+
     ERRORS = []
     for TILES in TILE_CHOICES:  # None: the autotuner (interpreter: its fixed small tiles)
         for i, (m, k, n) in enumerate(SHAPES):
@@ -87,7 +108,7 @@ CHECKS = textwrap.dedent("""
 
 
 def test_kernels_in_triton_interpreter():
-    script = f"DEVICE = 'cpu'\nSHAPES = {SHAPES!r}\nPROMOTE_MODES = (True, False)\nTILE_CHOICES = (None,)\n" + CHECKS
+    script = f"DEVICE = 'cpu'\nSHAPES = {SHAPES!r}\nGELU_SHAPES = [(5, 200), (3, 1000)]\nPROMOTE_MODES = (True, False)\nTILE_CHOICES = (None,)\n" + CHECKS
     assert "kernels match their references" in run_in_triton_interpreter(script)
 
 
@@ -114,6 +135,7 @@ def test_kernels_on_gpu():
     if capability < (8, 9):
         pytest.skip("fp8 tensor-core dot needs compute capability >= 8.9")
     namespace = {"ROOT": ROOT, "DEVICE": "cuda", "SHAPES": SHAPES + [(300, 512, 1000), (1000, 1024, 384)],
+                 "GELU_SHAPES": [(5, 200), (300, 8960), (1000, 13824)],
                  "PROMOTE_MODES": (True, False),
                  # a small and a large tile of the autotuner's list (autotuning every test shape takes minutes)
                  "TILE_CHOICES": ((64, 128, 128, 4, 4), (128, 256, 64, 8, 5))}

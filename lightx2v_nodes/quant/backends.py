@@ -42,18 +42,33 @@ FEW_TOKENS = 1024  # below: the cross-attention context projections (512 text / 
 _kernels = load_kernels()
 
 
-def _quantize_activations(x, qdtype):
+def _gelu_fusable(x) -> bool:
+    return x.is_cuda and _kernels.TRITON_AVAILABLE and x.shape[-1] <= _kernels.GELU_MAX_COLUMNS
+
+
+def _quantize_activations(x, qdtype, gelu=False):
+    """Per-token quantization of x, or of GELU_tanh(x) with gelu=True: Triton kernels on CUDA, else PyTorch."""
+    if gelu and _gelu_fusable(x):
+        return _kernels.gelu_quantize_per_token(x, qdtype)
+    if gelu:
+        x = F.gelu(x.float(), approximate="tanh")
     if x.is_cuda and _kernels.TRITON_AVAILABLE:
         return _kernels.quantize_per_token(x, qdtype)
     return _kernels.quantize_per_token_reference(x, qdtype)
 
 
-def reference(x, weight, scale, bias):
-    xq, sx = _kernels.quantize_per_token_reference(x, weight.dtype)
+def _reference_quantizer(gelu):
+    return _kernels.gelu_quantize_per_token_reference if gelu else _kernels.quantize_per_token_reference
+
+
+def reference(x, weight, scale, bias, gelu=False):
+    xq, sx = _reference_quantizer(gelu)(x, weight.dtype)
     return _kernels.scaled_gemm_reference(xq, sx, weight, scale, bias, out_dtype=x.dtype)
 
 
-def weight_only(x, weight, scale, bias):
+def weight_only(x, weight, scale, bias, gelu=False):
+    if gelu:
+        x = F.gelu(x, approximate="tanh")
     w = (weight.float() * scale).to(x.dtype)  # one rounding, from the exact float32 product
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
@@ -71,18 +86,18 @@ def int_mm_gemm(xq, sx, weight, scale, bias, out_dtype):
     return out.to(out_dtype)
 
 
-def scaled_mm(x, weight, scale, bias):
-    xq, sx = _quantize_activations(x, torch.float8_e4m3fn)
+def scaled_mm(x, weight, scale, bias, gelu=False):
+    xq, sx = _quantize_activations(x, torch.float8_e4m3fn, gelu)
     return scaled_mm_gemm(xq, sx, weight, scale, bias, x.dtype)
 
 
-def int_mm(x, weight, scale, bias):
-    xq, sx = _quantize_activations(x, torch.int8)
+def int_mm(x, weight, scale, bias, gelu=False):
+    xq, sx = _quantize_activations(x, torch.int8, gelu)
     return int_mm_gemm(xq, sx, weight, scale, bias, x.dtype)
 
 
-def triton(x, weight, scale, bias):
-    xq, sx = _kernels.quantize_per_token(x, weight.dtype)
+def triton(x, weight, scale, bias, gelu=False):
+    xq, sx = _quantize_activations(x, weight.dtype, gelu)
     return _kernels.scaled_gemm(xq, sx, weight, scale, bias, out_dtype=x.dtype)
 
 
@@ -179,14 +194,15 @@ class BackendDispatcher:
                 return name
         return order[-1]
 
-    def __call__(self, fmt, mode, x, weight, scale, bias):
+    def __call__(self, fmt, mode, x, weight, scale, bias, gelu=False):
+        """The layer's output for x, or for GELU_tanh(x) with gelu=True (fused into the activation quantization)."""
         order = self.order(fmt, mode, x.device, x.shape[0])
         name = self.select(fmt, mode, x.device, x.shape[0], x.shape[1], weight.shape[0])
         if name != order[0]:
-            return BACKENDS[name](x, weight, scale, bias)
+            return BACKENDS[name](x, weight, scale, bias, gelu=gelu)
         while True:
             try:
-                return BACKENDS[order[0]](x, weight, scale, bias)
+                return BACKENDS[order[0]](x, weight, scale, bias, gelu=gelu)
             except torch.cuda.OutOfMemoryError:
                 raise  # not the backend's fault: ComfyUI handles it (e.g. retries in low-VRAM mode)
             except (RuntimeError, NotImplementedError) as exc:
@@ -210,6 +226,10 @@ def _triton_gemm(xq: torch.Tensor, sx: torch.Tensor, weight: torch.Tensor, scale
     return _kernels.scaled_gemm(xq, sx, weight, scale, bias, out_dtype=out_dtype)
 
 
+def _gelu_quantize(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kernels.gelu_quantize_per_token(x, qdtype)
+
+
 if hasattr(torch.library, "custom_op"):
     # Opaque to dynamo: the Triton launcher (autotuner, grid callback) is not traced, only its output shape.
     _triton_gemm = torch.library.custom_op("lightx2v_nodes::scaled_gemm", mutates_args=())(_triton_gemm)
@@ -217,6 +237,13 @@ if hasattr(torch.library, "custom_op"):
     @_triton_gemm.register_fake
     def _(xq, sx, weight, scale, bias, out_dtype):
         return xq.new_empty((xq.shape[0], weight.shape[0]), dtype=out_dtype)
+
+    # Inductor's own fusion of GELU + quantization measured ~3x over memory bandwidth (bench/NOTES.md).
+    _gelu_quantize = torch.library.custom_op("lightx2v_nodes::gelu_quantize_per_token", mutates_args=())(_gelu_quantize)
+
+    @_gelu_quantize.register_fake
+    def _(x, qdtype):
+        return x.new_empty(x.shape, dtype=qdtype), x.new_empty((x.shape[0], 1), dtype=torch.float32)
 
 
 _GEMMS = {"scaled_mm": scaled_mm_gemm, "int_mm": int_mm_gemm, "triton": _triton_gemm,
@@ -232,14 +259,18 @@ if hasattr(torch, "compiler") and hasattr(torch.compiler, "assume_constant_resul
     _choice_for_trace = torch.compiler.assume_constant_result(_choice_for_trace)
 
 
-def compiled_linear(fmt, mode, x, weight, scale, bias):
+def compiled_linear(fmt, mode, x, weight, scale, bias, gelu=False):
     """What `dispatch` computes, written to be traced by torch.compile (same backend choice).
 
     The activation quantization is the reference's torch ops, which inductor fuses into the kernel that
-    produced x (e.g. LayerNorm + modulation); only the GEMM stays an opaque call.
+    produced x (e.g. LayerNorm + modulation); only the GEMM stays an opaque call. GELU + quantization (gelu=True)
+    is our fused kernel, another opaque call, on CUDA.
     """
     name = _choice_for_trace(fmt, mode, str(x.device), x.shape[0], x.shape[1], weight.shape[0])
     if name == "weight_only":
-        return weight_only(x, weight, scale, bias)
-    xq, sx = _kernels.quantize_per_token_reference(x, weight.dtype)
+        return weight_only(x, weight, scale, bias, gelu)
+    if gelu and name != "reference" and _gelu_fusable(x):
+        xq, sx = _gelu_quantize(x, weight.dtype)
+    else:
+        xq, sx = _reference_quantizer(gelu)(x, weight.dtype)
     return _GEMMS[name](xq, sx, weight, scale, bias, x.dtype)

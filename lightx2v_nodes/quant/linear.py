@@ -24,6 +24,8 @@ class QuantLinear(nn.Module):
     comfy_cast_weights = False
     weight_function: list = []
     bias_function: list = []
+    # model.feed_forward calls forward_gelu on an FFN's second linear when this is set (False: plain GELU + forward).
+    gelu_fusion = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "fp8", mode: str = "w8a8",
                  device=None, bias_dtype=torch.bfloat16):
@@ -60,6 +62,17 @@ class QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.fmt} {self.mode}, bias={self.bias is not None}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._linear(x, gelu=False)
+
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """self(GELU_tanh(x)) with the GELU fused into the activation quantization (the FFN's second linear).
+
+        The GELU output is quantized from float32 instead of first being rounded to x's dtype. Called directly
+        (model.feed_forward), so forward hooks do not run: callers use it only on layers without hooks.
+        """
+        return self._linear(x, gelu=True)
+
+    def _linear(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         weight, scale = self.weight, self.current_scale()
         if weight.device != x.device:  # ComfyUI low-VRAM mode keeps weights on the host
             weight = weight.to(x.device, non_blocking=True)
@@ -75,9 +88,9 @@ class QuantLinear(nn.Module):
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
         if _is_compiling():  # torch.compile traces this: same backend, quantization left to inductor to fuse
-            y = compiled_linear(self.fmt, self.mode, x2d, weight, scale, bias)
+            y = compiled_linear(self.fmt, self.mode, x2d, weight, scale, bias, gelu)
         else:
-            y = dispatch(self.fmt, self.mode, x2d, weight, scale, bias)
+            y = dispatch(self.fmt, self.mode, x2d, weight, scale, bias, gelu)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     # ---- ComfyUI weight patching (comfy.model_patcher.get_key_weight finds these by name) ----

@@ -140,6 +140,20 @@ def chunked_tokens(fn, length: int, chunk: int) -> list[torch.Tensor]:
     return outs
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """ffn(x) for Linear -> GELU(tanh) -> Linear. An 8-bit second linear (QuantLinear) takes the GELU into its
+    activation quantization instead: the [tokens, ffn_dim] GELU output is then never written. Layers with hooks
+    (e.g. a LoRA side branch) keep the plain call, so their hooks run."""
+    second = ffn[2]
+    if not getattr(second, "gelu_fusion", False) or any(_has_hooks(m) for m in (ffn, ffn[1], second)):
+        return ffn(x)
+    return second.forward_gelu(ffn[0](x))
+
+
 class WanBlock(nn.Module):
     def __init__(self, dim, ffn_dim, num_heads, eps, image_input, ops, device, dtype):
         super().__init__()
@@ -164,7 +178,7 @@ class WanBlock(nn.Module):
         return x + self.cross_attn(self.norm3(x), context, context_img_len)
 
     def ffn_phase(self, x, mod):
-        y = self.ffn(torch.addcmul(mod[3], self.norm2(x), 1 + mod[4]))
+        y = feed_forward(self.ffn, torch.addcmul(mod[3], self.norm2(x), 1 + mod[4]))
         return torch.addcmul(x, y, mod[5])
 
     # Token-chunked variants of the phases (used when `token_chunk` is set). Every op they chunk is per token
@@ -197,7 +211,8 @@ class WanBlock(nn.Module):
 
     def ffn_phase_chunked(self, x, mod):
         def ffn(s):  # ffn_phase's ops on one chunk (not a call of it: torch.compile may have replaced that one)
-            return (torch.addcmul(x[:, s], self.ffn(torch.addcmul(mod[3], self.norm2(x[:, s]), 1 + mod[4])), mod[5]),)
+            return (torch.addcmul(x[:, s], feed_forward(self.ffn, torch.addcmul(mod[3], self.norm2(x[:, s]), 1 + mod[4])),
+                                  mod[5]),)
 
         return chunked_tokens(ffn, x.shape[1], self.token_chunk)[0]
 
