@@ -9,7 +9,7 @@ its block linears quantized (fp8/int8 W8A8, lightx2v_nodes.quant) against the sa
 each --quant format: rows `<attn>+compile` and `<attn>+compile+<fmt>`; `compile_s` is the first (compiling)
 call. Writes JSON to $OUT or bench/results/.
 
-  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile] [--tiny]
+  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile [--gelu-ab]] [--tiny]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
-from lightx2v_nodes.quant import quantize_dit_  # noqa: E402
+from lightx2v_nodes.quant import QuantLinear, quantize_dit_  # noqa: E402
 from lightx2v_nodes.wan import synthetic  # noqa: E402
 from lightx2v_nodes.wan.compile import CompileSettings, compile_blocks  # noqa: E402
 from lightx2v_nodes.wan.config import WanConfig  # noqa: E402
@@ -130,7 +130,11 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
     base = next(r for r in rows if r["size"] == size and "+" not in r["backend"])
     backend = "aot_eager" if args.tiny else "inductor"  # --tiny checks the code path without C++ codegen
     result = []
-    for fmt in [None] + list(filter(None, args.quant.split(","))):
+    variants = [(None, True)] + [(fmt, True) for fmt in filter(None, args.quant.split(","))]
+    if args.gelu_ab:
+        variants += [(fmt, False) for fmt, _ in variants[1:]]
+    for fmt, gelu_fusion in variants:
+        QuantLinear.gelu_fusion = gelu_fusion
         torch._dynamo.reset()  # each variant compiles its own graphs; none evicts another's cache entries
         with torch.device("meta"):
             model = WanDiT(**cfg.unet_config(), dtype=dtype, attention_backend=base["backend"])
@@ -148,14 +152,15 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
             torch.cuda.synchronize()
         compile_s = time.perf_counter() - start
         s_c, peak_c, act_c, out_c = time_forward(model, inputs, args.warmup, args.runs, device)
-        label = f"{size}_{base['backend']}_compile" + (f"_{fmt}" if fmt else "")
+        name = f"{base['backend']}+compile" + (f"+{fmt}" if fmt else "") + ("" if gelu_fusion else "+unfused-gelu")
         if args.profile:
-            profile_forward(model, inputs, label, results_dir())
-        result.append({"size": size, "backend": f"{base['backend']}+compile" + (f"+{fmt}" if fmt else ""),
+            profile_forward(model, inputs, f"{size}_{name}", results_dir())
+        result.append({"size": size, "backend": name,
                        "native_s": base["native_s"], "ours_s": s_c, "speedup": base["native_s"] / s_c,
                        "native_peak_gib": base["native_peak_gib"], "ours_peak_gib": peak_c,
                        "native_activation_gib": base["native_activation_gib"], "ours_activation_gib": act_c,
                        **agreement(out_c, out_native), "compile_s": compile_s, "compile_failed": phases.failed})
+        QuantLinear.gelu_fusion = True
         del model, phases
         gc.collect()  # installed phases reference their blocks (a cycle): free this variant's weights now
         if device.type == "cuda":
@@ -172,6 +177,8 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time our DiT with torch.compile'd blocks (first backend)")
     parser.add_argument("--profile", action="store_true",
                         help="after timing, profile one forward of each of our rows: top CUDA kernels to $OUT/profile_*.txt")
+    parser.add_argument("--gelu-ab", action="store_true",
+                        help="with --compile --quant: also time each quantized compiled row with GELU unfused from the quantization")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at a tiny shape")

@@ -77,15 +77,17 @@ try:
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             v = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
-            tl.store(q_row + cols, _quantize_row(v, scale, QMAX_C, IS_INT8), mask=cols < K)
+            tl.store(q_row + cols, _quantize_row(v, scale, QMAX_C, IS_INT8).to(q_ptr.dtype.element_ty), mask=cols < K)
 
     @triton.jit
     def _quantize_row(v, scale, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr):
+        """v / scale rounded onto the 8-bit grid, still float32 (the cast that stores it is then exact)."""
         v = tl.math.div_rn(v, scale)
         if IS_INT8:
-            v = (v + 12582912.0) - 12582912.0
-            return tl.minimum(tl.maximum(v, -128.0), 127.0).to(tl.int8)
-        return _round_to_e4m3_grid(tl.minimum(tl.maximum(v, -QMAX_C), QMAX_C)).to(tl.float8e4nv)
+            v = tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -128.0), 127.0)
+        else:
+            v = _round_to_e4m3_grid(tl.minimum(tl.maximum(v, -QMAX_C), QMAX_C))
+        return v
 
     @triton.jit
     def _gelu_act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, QMAX_C: tl.constexpr,
@@ -98,7 +100,8 @@ try:
         g = tl.math.div_rn(xf, 1.0 + tl.math.exp2((xf + 0.044715 * xf * xf * xf) * _GELU_EXPONENT))
         scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(g), axis=0), 1e-12), QMAX_C)
         tl.store(s_ptr + row, scale)
-        tl.store(q_ptr + row * stride_q + cols, _quantize_row(g, scale, QMAX_C, IS_INT8), mask=cols < K)
+        tl.store(q_ptr + row * stride_q + cols, _quantize_row(g, scale, QMAX_C, IS_INT8).to(q_ptr.dtype.element_ty),
+                 mask=cols < K)
 
 except ImportError:
     triton = None
