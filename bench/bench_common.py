@@ -1,12 +1,17 @@
 """What every benchmark script shares: the repo on sys.path, where results go, the device's name, timing, and
 importing the extracted ComfyUI (from --comfyui) for native comparisons."""
 
+import logging
 import os
 import statistics
 import sys
 import time
 
 import torch
+
+# The pack's one-line choices (matmul backend, attention fallbacks, compile failures) belong in every bench log.
+logging.getLogger("lightx2v_nodes").setLevel(logging.INFO)
+logging.getLogger("lightx2v_nodes").addHandler(logging.StreamHandler())
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
