@@ -267,29 +267,38 @@ def _rows_contiguous(x):
 def quantize_qkv(q, k, v, pv_dtype=None):
     """Triton version of quantize_qkv_reference."""
     _check(q, k, v)
-    q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
+    q = _rows_contiguous(q)
     b, lq, h, d = q.shape
-    lk = k.shape[1]
-    pq, pk = _padded(lq), _padded(lk)
-    dev = q.device
-    q8 = torch.empty((b, h, pq, d), dtype=torch.int8, device=dev)
+    pq = _padded(lq)
+    q8 = torch.empty((b, h, pq, d), dtype=torch.int8, device=q.device)
+    qs = torch.empty((b, h, pq), dtype=torch.float32, device=q.device)
+    _quantize_qk_kernel[(pq // QUANT_BLOCK, b * h)](q, qs, q8, qs, lq, h, pq // QUANT_BLOCK, q.stride(0), q.stride(1),
+                                                   q.stride(2), d ** -0.5 * _LOG2E, HAS_MEAN=False, PER_ROW=True, HEAD_DIM=d,
+                                                   BLOCK=QUANT_BLOCK, num_warps=4 if d == 64 else 8)
+    return (q8, qs) + quantize_kv(k, v, pv_dtype)
+
+
+def quantize_kv(k, v, pv_dtype=None, k_mean=None):
+    """quantize_qkv's K and V outputs (k8, k_scale, v8t, v_scale). k_mean: smoothing_mean(k) [B, H, D] float32 where
+    the caller has it already (kernels/norm_rope.py's column sums), which saves a pass over K."""
+    _check(k, k, v)
+    k, v = _rows_contiguous(k), _rows_contiguous(v)
+    b, lk, h, d = k.shape
+    pk = _padded(lk)
+    dev = k.device
     k8 = torch.empty((b, h, pk, d), dtype=torch.int8, device=dev)
-    qs = torch.empty((b, h, pq), dtype=torch.float32, device=dev)
     ks = torch.empty((b, h, pk // QUANT_BLOCK), dtype=torch.float32, device=dev)
     v8t = torch.empty((b, h, d, pk), dtype=pv_dtype or PV_DTYPE, device=dev)
-    mean = smoothing_mean(k).contiguous()
+    mean = (smoothing_mean(k) if k_mean is None else k_mean.float()).contiguous()
     vs = v_channel_scales(v).contiguous()
     warps = 4 if d == 64 else 8
-    _quantize_qk_kernel[(pq // QUANT_BLOCK, b * h)](q, mean, q8, qs, lq, h, pq // QUANT_BLOCK, q.stride(0), q.stride(1),
-                                                   q.stride(2), d ** -0.5 * _LOG2E, HAS_MEAN=False, PER_ROW=True, HEAD_DIM=d,
-                                                   BLOCK=QUANT_BLOCK, num_warps=warps)
     _quantize_qk_kernel[(pk // QUANT_BLOCK, b * h)](k, mean, k8, ks, lk, h, pk // QUANT_BLOCK, k.stride(0), k.stride(1),
                                                    k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
                                                    num_warps=warps)
     _quantize_v_kernel[(pk // QUANT_BLOCK, b * h)](v, vs, v8t, lk, h, pk, v.stride(0), v.stride(1), v.stride(2),
                                                   PV_FP8=v8t.dtype == torch.float8_e4m3fn, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
                                                   num_warps=warps)
-    return q8, qs, k8, ks, v8t, vs
+    return k8, ks, v8t, vs
 
 
 def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None):

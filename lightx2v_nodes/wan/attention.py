@@ -6,6 +6,8 @@ kernel takes 37.0 ms, sageattention 1.0.6 49.3 ms and SDPA's FlashAttention-2 62
 random 14B DiT stays at cosine 0.9999 vs SDPA. It pays only for long key
 sequences: below MIN_KEYS_8BIT keys (cross-attention to 512 text / 257 image tokens, small videos) quantizing
 Q costs more than the kernel saves, so those calls, CPU tensors and unsupported head dims go to SDPA.
+For self-attention it also takes the un-normed q/k projections (`from_projections`): the fused RMSNorm + RoPE
+kernel (kernels/norm_rope.py) then writes the int8 Q directly and K's smoothing mean falls out of its column sums.
 `auto` picks it on Hopper-class GPUs (compute capability 9.x, where it was measured) with Triton installed,
 else SDPA (which on the H100 beats sageattention and flash-attn too, REFERENCE.md section 9).
 """
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import LightX2VError
 from ..quant.kernel_import import load_kernels
+from . import norm_rope
 
 log = logging.getLogger("lightx2v_nodes")
 
@@ -77,6 +80,26 @@ def _lightx2v_int8(q, k, v):
     b, lq, h, d = q.shape
     return load_kernels().attention8(q, k, v).reshape(b, lq, h * d)
 
+
+@torch.compiler.disable
+def _lightx2v_int8_from_projections(q, k, v, norm_q, norm_k, rope):
+    """Self-attention from the un-normed q/k projections [B, L, dim] and v [B, L, H, D] (SelfAttention calls this
+    where wan/norm_rope.applies): the fused norm + RoPE kernel writes the int8 Q the attention kernel reads, and
+    the normed K with per-block column sums, whose total is K's smoothing mean (no extra pass over K for it)."""
+    heads = v.shape[2]
+    if not _eight_bit_applies(v, v):
+        return _sdpa(norm_rope.fused(q, norm_q, rope, heads), norm_rope.fused(k, norm_k, rope, heads), v)
+    kernels = load_kernels()
+    q8, q_scale = kernels.rms_norm_rope_int8(q, norm_q.weight, rope, heads, norm_q.eps)
+    k, k_sums = kernels.rms_norm_rope_column_sums(k, norm_k.weight, rope, heads, norm_k.eps)
+    k_mean = k_sums.sum(dim=2) / k.shape[1]
+    quantized = (q8, q_scale) + kernels.quantize_kv(k, v, k_mean=k_mean)
+    b, length, h, d = k.shape
+    # With `quantized` given attention8 reads only q's shape, dtype and device, which self-attention's k shares.
+    return kernels.attention8(k, k, v, quantized=quantized).reshape(b, length, h * d)
+
+
+_lightx2v_int8.from_projections = _lightx2v_int8_from_projections
 
 _FUNCTIONS = {"sdpa": _sdpa, "sage": _sage, "flash": _flash, "lightx2v-int8": _lightx2v_int8}
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import LightX2VError
+from . import norm_rope
 from .attention import attention_function, resolve_backend
 from .config import CLIP_DIM, PATCH_SIZE
 
@@ -84,9 +85,20 @@ class SelfAttention(nn.Module):
     def heads(self, x):
         return x.unflatten(-1, (self.num_heads, -1))
 
+    def normed_roped(self, projection, norm, rope):
+        """RMSNorm over the model dim, head split, RoPE: one fused kernel where it applies (wan/norm_rope.py)."""
+        if norm_rope.applies(projection, norm, self.num_heads):
+            return norm_rope.fused(projection, norm, rope, self.num_heads)
+        return apply_rope(self.heads(norm(projection)), rope)
+
     def forward(self, x, rope):
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), rope)
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), rope)
+        # A backend may take the un-normed projections and fuse the norms and RoPE into its own input pass.
+        from_projections = getattr(self.attend, "from_projections", None)
+        if (from_projections is not None and norm_rope.applies(x, self.norm_q, self.num_heads)
+                and norm_rope.applies(x, self.norm_k, self.num_heads)):
+            return self.o(from_projections(self.q(x), self.k(x), self.heads(self.v(x)), self.norm_q, self.norm_k, rope))
+        q = self.normed_roped(self.q(x), self.norm_q, rope)
+        k = self.normed_roped(self.k(x), self.norm_k, rope)
         return self.o(self.attend(q, k, self.heads(self.v(x))))
 
 
@@ -194,8 +206,8 @@ class WanBlock(nn.Module):
 
         def qkv(s):
             y = torch.addcmul(mod[0], self.norm1(x[:, s]), 1 + mod[1])
-            q = apply_rope(attn.heads(attn.norm_q(attn.q(y))), rope[s])
-            return q, apply_rope(attn.heads(attn.norm_k(attn.k(y))), rope[s]), attn.heads(attn.v(y))
+            q = attn.normed_roped(attn.q(y), attn.norm_q, rope[s])
+            return q, attn.normed_roped(attn.k(y), attn.norm_k, rope[s]), attn.heads(attn.v(y))
 
         q, k, v = chunked_tokens(qkv, length, self.token_chunk)
         y = attn.attend(q, k, v)

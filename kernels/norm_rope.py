@@ -1,0 +1,184 @@
+"""Fused RMSNorm + RoPE of the DiT's self-attention queries and keys: one read of the projection, one write.
+
+x [B, L, dim] (the q or k linear's output) -> [B, L, heads, head_dim] in x's dtype, computing what the model's
+unfused ops compute (nn.RMSNorm / ComfyUI's RMSNorm over the whole dim, then the head split, then RoPE on
+adjacent pairs, model.apply_rope):
+- RMSNorm as torch.nn.functional.rms_norm does for 16-bit input (CPU and CUDA): sum of squares, normalization
+  and the weight product in float32, rounded once to x's dtype (the weight is in x's dtype).
+- RoPE on that rounded value in float32: (even, odd) -> (even cos - odd sin, even sin + odd cos), rounded to
+  x's dtype. `rotations` is model.rope_tables' [L, head_dim / 2, 2] float32 (cos, sin).
+The unfused eager path makes several passes over float32 temporaries; inductor fuses it into kernels that were
+measured at ~2.7x this kernel's bandwidth floor (issue 9).
+
+Two more modes feed the 8-bit attention kernel (kernels/attention_8bit.py) directly:
+- `rms_norm_rope_int8` (queries): attention8's int8 Q [B, H, Lpad, D] with per-token scales x sm_scale x log2(e),
+  from the value rounded to x's dtype, so it equals rms_norm_rope followed by quantize_qkv's Q part bit for bit.
+- `rms_norm_rope_column_sums` (keys): rms_norm_rope's output plus the float32 column sums of every
+  `block`-token block [B, H, Lpad / block, D] (written per program: deterministic, no atomics), so K's smoothing
+  mean is a small torch.sum instead of another pass over K.
+One program handles `rows` consecutive tokens of one batch row; a token row is viewed as [heads, head_dim],
+both padded to powers of two with masks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .attention_8bit import _LOG2E, QUANT_BLOCK, _padded, _quantize_blocks_reference
+
+
+def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int,
+                            eps: float) -> torch.Tensor:
+    """The model's RMSNorm -> heads -> apply_rope in PyTorch, with the roundings written out."""
+    xf = x.float()
+    rstd = torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
+    normed = (xf * rstd * weight.to(x.dtype).float()).to(x.dtype).float()
+    pairs = normed.unflatten(-1, (heads, -1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos, sin = rotations[None, :, None, :, 0], rotations[None, :, None, :, 1]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).to(x.dtype)
+
+
+def rms_norm_rope_int8_reference(x, weight, rotations, heads, eps):
+    """(int8 Q [B, H, Lpad, D], scales [B, H, Lpad] incl. sm_scale * log2(e)): quantize_qkv_reference's Q part."""
+    q = rms_norm_rope_reference(x, weight, rotations, heads, eps)
+    return _quantize_blocks_reference(q, None, q.shape[-1] ** -0.5 * _LOG2E, 1)
+
+
+def rms_norm_rope_column_sums_reference(x, weight, rotations, heads, eps, block: int = QUANT_BLOCK):
+    """(rms_norm_rope output k [B, L, H, D], column sums of k over each block of tokens [B, H, Lpad / block, D])."""
+    k = rms_norm_rope_reference(x, weight, rotations, heads, eps)
+    length = k.shape[1]
+    padded = -(-length // block) * block
+    kf = torch.nn.functional.pad(k.float().permute(0, 2, 1, 3), (0, 0, 0, padded - length))
+    return k, kf.unflatten(2, (-1, block)).sum(dim=3)
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _round_to_bf16(x):
+        """float32 -> the nearest bfloat16 value (ties to even), still float32: the interpreter's cast truncates."""
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _to_dtype(x, dtype: tl.constexpr, ROUND_BF16: tl.constexpr):
+        if ROUND_BF16:
+            x = _round_to_bf16(x)
+        return x.to(dtype)
+
+    @triton.jit
+    def _norm_rope_kernel(x_ptr, w_ptr, rot_ptr, out_ptr, q8_ptr, scale_ptr, sums_ptr, length, heads,
+                          dim, stride_xb, stride_xl, stride_ob, stride_ol, eps, scale_factor, padded_len,
+                          MODE: tl.constexpr, HEAD_DIM: tl.constexpr, HEADS_P2: tl.constexpr, DIM_P2: tl.constexpr,
+                          ROWS: tl.constexpr, ROUND_BF16: tl.constexpr):
+        """MODE 0: write [B, L, H, D]; 1: int8 Q + scales (programs cover padded_len tokens); 2: as 0 + column sums."""
+        pid = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        hs = tl.arange(0, HEADS_P2)[:, None]
+        ds = tl.arange(0, DIM_P2)[None, :]
+        in_row = (hs < heads) & (ds < HEAD_DIM)
+        offs = hs * HEAD_DIM + ds
+        dtype = out_ptr.dtype.element_ty
+        weight = tl.load(w_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
+        half = tl.arange(0, DIM_P2 // 2)
+        sums = tl.zeros([HEADS_P2, DIM_P2], dtype=tl.float32)
+        for r in range(ROWS):
+            token = pid * ROWS + r
+            valid = in_row & (token < length)
+            x = tl.load(x_ptr + b * stride_xb + token.to(tl.int64) * stride_xl + offs, mask=valid, other=0.0)
+            x = x.to(tl.float32)
+            rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / dim + eps)
+            normed = _to_dtype(x * rstd * weight, dtype, ROUND_BF16).to(tl.float32)
+            even, odd = tl.split(tl.reshape(normed, [HEADS_P2, DIM_P2 // 2, 2]))
+            rot = rot_ptr + tl.minimum(token, length - 1).to(tl.int64) * HEAD_DIM + 2 * half
+            cos = tl.load(rot, mask=2 * half < HEAD_DIM, other=0.0)[None, :]
+            sin = tl.load(rot + 1, mask=2 * half < HEAD_DIM, other=0.0)[None, :]
+            roped = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), [HEADS_P2, DIM_P2])
+            y = _to_dtype(roped, dtype, ROUND_BF16)
+            if MODE == 1:
+                # quantize_qkv's per-token Q quantization (attention_8bit._quantize_qk_kernel), same operations
+                yf = y.to(tl.float32)
+                scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(yf), axis=1), 1e-12), 127.0)
+                v = tl.math.div_rn(yf, scale[:, None])
+                v = (v + 12582912.0) - 12582912.0  # round half to even, as torch.round
+                q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
+                head_rows = (b * heads + hs) * padded_len + token  # [HEADS_P2, 1]
+                tl.store(q8_ptr + head_rows * HEAD_DIM + ds, q, mask=in_row)
+                tl.store(scale_ptr + tl.reshape(head_rows, [HEADS_P2]), scale * scale_factor,
+                         mask=tl.arange(0, HEADS_P2) < heads)
+            else:
+                tl.store(out_ptr + b * stride_ob + token.to(tl.int64) * stride_ol + offs, y, mask=valid)
+                if MODE == 2:
+                    sums += y.to(tl.float32)  # zero past the last token and in the padding
+        if MODE == 2:
+            n_blocks = tl.num_programs(0)
+            tl.store(sums_ptr + ((b * heads + hs) * n_blocks + pid) * HEAD_DIM + ds, sums, mask=in_row)
+
+    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+except ImportError:
+    triton = None
+
+
+def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=None, scales=None, sums=None,
+            scale_factor=1.0, padded_len=0):
+    if triton is None:
+        raise RuntimeError("Triton is not installed")
+    b, length, dim = x.shape
+    head_dim = dim // heads
+    if dim % heads or head_dim % 2:
+        raise ValueError(f"rms_norm_rope: dim {dim} must split into {heads} heads of an even size")
+    if rotations.shape != (length, head_dim // 2, 2):
+        raise ValueError(f"rms_norm_rope: rotations must be [{length}, {head_dim // 2}, 2], got {tuple(rotations.shape)}")
+    if weight.shape != (dim,) or weight.dtype != x.dtype:
+        raise ValueError(f"rms_norm_rope: weight must be [{dim}] in {x.dtype}, got {tuple(weight.shape)} {weight.dtype}")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    rotations = rotations.float().contiguous()
+    out = out if out is not None else x  # a placeholder pointer where the mode writes no [B, L, H, D] tensor
+    heads_p2, dim_p2 = triton.next_power_of_2(heads), triton.next_power_of_2(head_dim)
+    warps = max(1, min(16, heads_p2 * dim_p2 // 512))  # ~16 float32 values per thread and tensor
+    _norm_rope_kernel[(triton.cdiv(tokens, rows), b)](
+        x, weight, rotations, out, q8 if q8 is not None else x, scales if scales is not None else x,
+        sums if sums is not None else x, length, heads, dim, x.stride(0), x.stride(1),
+        out.stride(0), out.stride(1), float(eps), float(scale_factor), padded_len, MODE=mode, HEAD_DIM=head_dim,
+        HEADS_P2=heads_p2, DIM_P2=dim_p2, ROWS=rows, ROUND_BF16=_INTERPRET and x.dtype == torch.bfloat16,
+        num_warps=warps)
+
+
+def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int, eps: float,
+                  rows: int = 1) -> torch.Tensor:
+    """Triton version of rms_norm_rope_reference; rows: tokens per program."""
+    out = x.new_empty((x.shape[0], x.shape[1], heads, x.shape[2] // heads))
+    _launch(0, x, weight, rotations, heads, eps, rows, x.shape[1], out=out)
+    return out
+
+
+def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1):
+    """Triton version of rms_norm_rope_int8_reference: (int8 [B, H, Lpad, D], scales [B, H, Lpad] float32)."""
+    b, length, dim = x.shape
+    padded = _padded(length)
+    head_dim = dim // heads
+    if head_dim not in (64, 128):
+        raise ValueError(f"rms_norm_rope_int8: attention8 takes head dims 64 and 128, not {head_dim}")
+    q8 = torch.empty((b, heads, padded, head_dim), dtype=torch.int8, device=x.device)
+    scales = torch.empty((b, heads, padded), dtype=torch.float32, device=x.device)
+    if padded % rows:
+        raise ValueError(f"rms_norm_rope_int8: rows must divide {QUANT_BLOCK}")
+    _launch(1, x, weight, rotations, heads, eps, rows, padded, q8=q8, scales=scales,
+            scale_factor=head_dim ** -0.5 * _LOG2E, padded_len=padded)
+    return q8, scales
+
+
+def rms_norm_rope_column_sums(x, weight, rotations, heads, eps, block: int = QUANT_BLOCK):
+    """Triton version of rms_norm_rope_column_sums_reference: (k [B, L, H, D], sums [B, H, Lpad / block, D])."""
+    b, length, dim = x.shape
+    out = x.new_empty((b, length, heads, dim // heads))
+    sums = torch.empty((b, heads, -(-length // block), dim // heads), dtype=torch.float32, device=x.device)
+    _launch(2, x, weight, rotations, heads, eps, block, length, out=out, sums=sums)
+    return out, sums
