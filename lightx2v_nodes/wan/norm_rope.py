@@ -3,9 +3,10 @@
 The fused kernel computes what `apply_rope(heads(norm(projection)), rope)` computes (the same roundings; the
 sum of squares in another order, so 16-bit results differ from the unfused ops by 1 ulp in a few elements).
 It is used only where it can stand in for the norm module exactly: a CUDA fp16/bf16 tensor with Triton
-installed, and a plain RMSNorm whose weight is already in that dtype on that device. ComfyUI's RMSNorm with
-weight patches (`weight_function`/`bias_function`) or low-VRAM weight casting (`comfy_cast_weights`) keeps the
-module call, and so does the CPU (whose path stays bit-identical to ComfyUI's WanModel).
+installed, and an RMSNorm whose weight is already in that dtype on that device (so ComfyUI's low-VRAM or manual
+weight casting would return the weight itself). ComfyUI's RMSNorm with weight patches (`weight_function` /
+`bias_function`), a weight elsewhere (offloaded) or in another dtype keeps the module call, and so does the CPU
+(whose path stays bit-identical to ComfyUI's WanModel).
 Under torch.compile the kernel is one opaque custom op (`lightx2v_nodes::rms_norm_rope`).
 """
 
@@ -30,7 +31,9 @@ def applies(x: torch.Tensor, norm: torch.nn.Module, heads: int) -> bool:
     weight = norm.weight
     if weight is None or norm.eps is None or weight.dtype != x.dtype or weight.device != x.device:
         return False
-    if getattr(norm, "comfy_cast_weights", False) or getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None):
+    # ComfyUI's weight patches run in its forward. Its weight casting (low-VRAM, manual cast) is the identity for a
+    # weight already in x's dtype on x's device, as checked above; any other weight keeps the module call.
+    if getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None):
         return False
     dim = x.shape[-1]
     return weight.shape == (dim,) and dim % heads == 0 and (dim // heads) % 2 == 0
