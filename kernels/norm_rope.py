@@ -166,10 +166,10 @@ def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1):
     head_dim = dim // heads
     if head_dim not in (64, 128):
         raise ValueError(f"rms_norm_rope_int8: attention8 takes head dims 64 and 128, not {head_dim}")
-    q8 = torch.empty((b, heads, padded, head_dim), dtype=torch.int8, device=x.device)
-    scales = torch.empty((b, heads, padded), dtype=torch.float32, device=x.device)
     if padded % rows:
         raise ValueError(f"rms_norm_rope_int8: rows must divide {QUANT_BLOCK}")
+    q8 = torch.empty((b, heads, padded, head_dim), dtype=torch.int8, device=x.device)
+    scales = torch.empty((b, heads, padded), dtype=torch.float32, device=x.device)
     _launch(1, x, weight, rotations, heads, eps, rows, padded, q8=q8, scales=scales,
             scale_factor=head_dim ** -0.5 * _LOG2E, padded_len=padded)
     return q8, scales
