@@ -77,20 +77,30 @@ def parameter_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_state_dict(cfg: WanConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """fp32 random weights scaled so activations stay O(1) through the blocks (outputs are never NaN)."""
-    gen = torch.Generator().manual_seed(seed)
+def random_state_dict(cfg: WanConfig, seed: int = 0, keys: set[str] | None = None, device="cpu") -> dict[str, torch.Tensor]:
+    """fp32 random weights scaled so activations stay O(1) through the blocks (outputs are never NaN).
+
+    `keys` limits it to those names (e.g. one block at a time, for full-size models); `device` is where
+    they are generated (a GPU makes a 14B model in seconds).
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(shape):
+        return torch.randn(shape, generator=gen, device=device)
+
     out = {}
     for key, shape in parameter_shapes(cfg).items():
+        if keys is not None and key not in keys:
+            continue
         if key.endswith("modulation") or key.endswith("emb_pos"):
-            t = torch.randn(shape, generator=gen) * 0.1
+            t = randn(shape) * 0.1
         elif len(shape) == 1 and ("norm" in key or "img_emb.proj.0" in key or "img_emb.proj.4" in key):
-            t = (1.0 + 0.1 * torch.randn(shape, generator=gen)) if key.endswith("weight") else 0.05 * torch.randn(shape, generator=gen)
+            t = (1.0 + 0.1 * randn(shape)) if key.endswith("weight") else 0.05 * randn(shape)
         elif len(shape) == 1:
-            t = 0.02 * torch.randn(shape, generator=gen)
+            t = 0.02 * randn(shape)
         else:
             fan_in = math.prod(shape[1:])
-            t = torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+            t = randn(shape) / math.sqrt(fan_in)
         out[key] = t
     return out
 
