@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 from bench_common import ROOT, device_name, results_dir  # noqa: E402  (puts the repo on sys.path)
 
 # bench/ holds modules with generic names (attention, cache, lora, ...): keep them from shadowing anything.
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.append(os.path.join(ROOT, "tests"))  # comfy_env (bootstraps ComfyUI) and harness
 
 from lightx2v_nodes.quant.formats import QUANTIZED_DTYPES, SCALE_SUFFIX, quantize_state_dict  # noqa: E402
