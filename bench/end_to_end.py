@@ -20,6 +20,8 @@ last, and writes JSON to $OUT or bench/results/.
   python bench/end_to_end.py [--rows auto+compile,auto,sdpa+compile,sdpa] [--runs 3] [--tiny]
 
 --tiny runs the same nodes on the CPU with a tiny DiT at 64x64x9 (compile backend aot_eager).
+On the GPU machine, ComfyUI's node API needs PyAV (comfy_api imports it) and its samplers torchsde: they travel
+as wheels in .whl/ (av 18.1.0, torchsde 0.2.6, trampoline 0.1.2), ComfyUI as .comfyui/.
 """
 
 from __future__ import annotations
