@@ -5,12 +5,14 @@ The Triton kernel fuses the absmax, the scale and the cast into one launch (one 
 PyTorch needs four passes over the activations.
 
 `gelu_quantize_per_token` quantizes GELU(x) (tanh approximation, kept in float32 where an unfused GELU
-would round it to x's dtype first) for the FFN's second linear: one read of the [tokens, ffn_dim] hidden state and one 8-bit
-write, the whole row held in registers. Unfused, GELU writes and re-reads that tensor (0.9 GB per 14B block
-at 480p), and inductor's fused version of GELU + quantization measured ~3x over memory bandwidth.
+would round it to x's dtype first) for the FFN's second linear: one read of the [tokens, ffn_dim] hidden state
+from memory and one 8-bit write. Unfused, GELU writes and re-reads that tensor (0.9 GB per 14B block at 480p),
+and inductor's fused version of GELU + quantization measured ~3x over memory bandwidth.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -40,8 +42,7 @@ def gelu_quantize_per_token_reference(x: torch.Tensor, qdtype: torch.dtype) -> t
     return quantize_per_token_reference(torch.nn.functional.gelu(x.float(), approximate="tanh"), qdtype)
 
 
-# Longest row the fused GELU kernel holds in registers (Wan's ffn dims: 8,960 and 13,824).
-GELU_MAX_COLUMNS = 16384
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 try:
     import triton
@@ -62,53 +63,46 @@ try:
         return ((v / ulp + 12582912.0) - 12582912.0) * ulp
 
     @triton.jit
+    def _load_activation(ptrs, mask, GELU: tl.constexpr):
+        v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        if GELU:  # GELU_tanh(v) = 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3)
+            v = v / (1.0 + tl.math.exp2((v + 0.044715 * v * v * v) * _GELU_EXPONENT))
+        return v
+
+    @triton.jit
     def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr,
-                          BLOCK: tl.constexpr):
+                          GELU: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
+        # Two passes over the row (absmax, then quantize); the second reads it from L2.
         row = tl.program_id(0).to(tl.int64)
         x_row = x_ptr + row * stride_x
         q_row = q_ptr + row * stride_q
         absmax = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            v = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
-            absmax = tl.maximum(absmax, tl.abs(v))
-        scale = tl.math.div_rn(tl.maximum(tl.max(absmax, axis=0), 1e-12), QMAX_C)
+            absmax = tl.maximum(absmax, tl.abs(_load_activation(x_row + cols, cols < K, GELU)))
+        row_absmax = tl.maximum(tl.max(absmax, axis=0), 1e-12)
+        scale = tl.math.div_rn(row_absmax, QMAX_C)
         tl.store(s_ptr + row, scale)
+        inverse = tl.math.div_rn(QMAX_C, row_absmax)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            v = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
-            tl.store(q_row + cols, _quantize_row(v, scale, QMAX_C, IS_INT8).to(q_ptr.dtype.element_ty), mask=cols < K)
-
-    @triton.jit
-    def _quantize_row(v, scale, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr):
-        """v / scale rounded onto the 8-bit grid, still float32 (the cast that stores it is then exact)."""
-        v = tl.math.div_rn(v, scale)
-        if IS_INT8:
-            v = tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -128.0), 127.0)
-        else:
-            v = _round_to_e4m3_grid(tl.minimum(tl.maximum(v, -QMAX_C), QMAX_C))
-        return v
-
-    @triton.jit
-    def _gelu_act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, QMAX_C: tl.constexpr,
-                               IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0)
-        xf = x.to(tl.float32)
-        # GELU_tanh(x) = 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3)
-        g = tl.math.div_rn(xf, 1.0 + tl.math.exp2((xf + 0.044715 * xf * xf * xf) * _GELU_EXPONENT))
-        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(g), axis=0), 1e-12), QMAX_C)
-        tl.store(s_ptr + row, scale)
-        tl.store(q_ptr + row * stride_q + cols, _quantize_row(g, scale, QMAX_C, IS_INT8).to(q_ptr.dtype.element_ty),
-                 mask=cols < K)
+            v = _load_activation(x_row + cols, cols < K, GELU)
+            # Plain: an IEEE division, bit-identical to the reference. GELU (already not bit-identical, its exp2
+            # and division are the fast approximations): a multiply, since dividing was most of the kernel's time.
+            v = v * inverse if GELU else tl.math.div_rn(v, scale)
+            if IS_INT8:
+                v = tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -128.0), 127.0)
+            else:
+                v = tl.minimum(tl.maximum(v, -QMAX_C), QMAX_C)
+                if INTERPRETED:
+                    v = _round_to_e4m3_grid(v)
+            tl.store(q_row + cols, v.to(q_ptr.dtype.element_ty), mask=cols < K)
 
 except ImportError:
     triton = None
 
 
-def quantize_per_token(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton version of quantize_per_token_reference (x [M, K] with a contiguous last dim)."""
+def _launch(x: torch.Tensor, qdtype: torch.dtype, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if triton is None:
         raise RuntimeError("Triton is not installed")
     if x.stride(-1) != 1:
@@ -117,23 +111,16 @@ def quantize_per_token(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tens
     q = torch.empty((m, k), dtype=qdtype, device=x.device)
     scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     block = min(triton.next_power_of_2(k), 4096)
-    _act_quant_kernel[(m,)](x, q, scale, k, x.stride(0), q.stride(0), QMAX_C=QMAX[qdtype],
-                            IS_INT8=qdtype == torch.int8, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    _act_quant_kernel[(m,)](x, q, scale, k, x.stride(0), q.stride(0), QMAX_C=QMAX[qdtype], IS_INT8=qdtype == torch.int8,
+                            GELU=gelu, INTERPRETED=_INTERPRET, BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return q, scale
+
+
+def quantize_per_token(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of quantize_per_token_reference (x [M, K] with a contiguous last dim)."""
+    return _launch(x, qdtype, gelu=False)
 
 
 def gelu_quantize_per_token(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton version of gelu_quantize_per_token_reference (x [M, K], K <= GELU_MAX_COLUMNS)."""
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
-    m, k = x.shape
-    if k > GELU_MAX_COLUMNS:
-        raise ValueError(f"gelu_quantize_per_token holds rows of at most {GELU_MAX_COLUMNS} columns, got {k}")
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    q = torch.empty((m, k), dtype=qdtype, device=x.device)
-    scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
-    block = triton.next_power_of_2(k)
-    _gelu_act_quant_kernel[(m,)](x, q, scale, k, x.stride(0), q.stride(0), QMAX_C=QMAX[qdtype],
-                                 IS_INT8=qdtype == torch.int8, BLOCK=block, num_warps=max(4, min(16, block // 1024)))
-    return q, scale
+    """Triton version of gelu_quantize_per_token_reference (x [M, K] with a contiguous last dim)."""
+    return _launch(x, qdtype, gelu=True)

@@ -42,23 +42,19 @@ FEW_TOKENS = 1024  # below: the cross-attention context projections (512 text / 
 _kernels = load_kernels()
 
 
-def _gelu_fusable(x) -> bool:
-    return x.is_cuda and _kernels.TRITON_AVAILABLE and x.shape[-1] <= _kernels.GELU_MAX_COLUMNS
-
-
-def _quantize_activations(x, qdtype, gelu=False):
-    """Per-token quantization of x, or of GELU_tanh(x) with gelu=True: Triton kernels on CUDA, else PyTorch."""
-    if gelu and _gelu_fusable(x):
-        return _kernels.gelu_quantize_per_token(x, qdtype)
-    if gelu:
-        x = F.gelu(x.float(), approximate="tanh")
-    if x.is_cuda and _kernels.TRITON_AVAILABLE:
-        return _kernels.quantize_per_token(x, qdtype)
-    return _kernels.quantize_per_token_reference(x, qdtype)
+def _triton_runs(x) -> bool:
+    return x.is_cuda and _kernels.TRITON_AVAILABLE
 
 
 def _reference_quantizer(gelu):
     return _kernels.gelu_quantize_per_token_reference if gelu else _kernels.quantize_per_token_reference
+
+
+def _quantize_activations(x, qdtype, gelu=False):
+    """Per-token quantization of x, or of GELU_tanh(x) with gelu=True: Triton kernels on CUDA, else PyTorch."""
+    if _triton_runs(x):
+        return (_kernels.gelu_quantize_per_token if gelu else _kernels.quantize_per_token)(x, qdtype)
+    return _reference_quantizer(gelu)(x, qdtype)
 
 
 def reference(x, weight, scale, bias, gelu=False):
@@ -269,7 +265,7 @@ def compiled_linear(fmt, mode, x, weight, scale, bias, gelu=False):
     name = _choice_for_trace(fmt, mode, str(x.device), x.shape[0], x.shape[1], weight.shape[0])
     if name == "weight_only":
         return weight_only(x, weight, scale, bias, gelu)
-    if gelu and name != "reference" and _gelu_fusable(x):
+    if gelu and name != "reference" and _triton_runs(x):
         xq, sx = _gelu_quantize(x, weight.dtype)
     else:
         xq, sx = _reference_quantizer(gelu)(x, weight.dtype)
