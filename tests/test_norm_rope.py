@@ -206,7 +206,11 @@ def test_kernel_at_full_width_on_gpu(heads):
     assert_close_16bit(got, model_ops)
     q8, qs = kernels.rms_norm_rope_int8(x, weight, rotations, heads, 1e-6)
     want8 = kernels.quantize_qkv(got, got, got)
-    assert torch.equal(q8, want8[0]) and torch.equal(qs, want8[1])
+    # Not bit-identical on the GPU (they are in the interpreter): the compiled int8 mode may contract the RoPE
+    # multiply-adds differently, moving a bf16 value by one ulp, hence a token's scale by up to one bf16 ulp
+    # (2^-7 relative) and an 8-bit value by one step (H100, 2026-11-24: max 1 step, scales 7.1e-3 relative).
+    assert (q8.int() - want8[0].int()).abs().max().item() <= 1
+    assert ((qs - want8[1]).abs() <= want8[1].abs() * 2.0 ** -7).all()
     k, sums = kernels.rms_norm_rope_column_sums(x, weight, rotations, heads, 1e-6)
     assert torch.equal(k, got)
     mean = sums.sum(dim=2) / k.shape[1]
