@@ -141,7 +141,7 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
         model.load_state_dict(weights, strict=True, assign=True)
         if fmt:
             quantize_dit_(model, fmt)
-        phases = compile_blocks(model, CompileSettings(backend=backend))
+        phases = compile_blocks(model, CompileSettings(backend=backend, mode=args.compile_mode))
         if phases is None:
             print(f"skip compile: unavailable on {device}")
             return result
@@ -177,6 +177,7 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time our DiT with torch.compile'd blocks (first backend)")
     parser.add_argument("--profile", action="store_true",
                         help="after timing, profile one forward of each of our rows: top CUDA kernels to $OUT/profile_*.txt")
+    parser.add_argument("--compile-mode", default="default", help="LightX2V Compile DiT's mode for the compiled rows")
     parser.add_argument("--gelu-ab", action="store_true",
                         help="with --compile --quant: also time each quantized compiled row with GELU unfused from the quantization")
     parser.add_argument("--warmup", type=int, default=2)

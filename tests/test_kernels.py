@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from triton_interpreter import ROOT, run_in_triton_interpreter
-SHAPES = [(1, 16, 16), (37, 72, 50), (45, 100, 33)]  # (M, K, N), most not multiples of 16
+SHAPES = [(1, 16, 16), (37, 72, 50), (45, 100, 33), (40, 96, 70)]  # (M, K, N), most not multiples of 16
 
 CHECKS = textwrap.dedent("""
     import sys
@@ -48,7 +48,7 @@ CHECKS = textwrap.dedent("""
         bound = (xq.float().abs() @ wq.float().abs().t()) * sx.float() * sw.float().t()
         return ((out.float() - ref).abs() / (bound + 1e-30)).max().item()
 
-    def check_gemm(m, k, n, qdtype, seed, promote_modes=(True,)):
+    def check_gemm(m, k, n, qdtype, seed, promote_modes=(True,), tma=None):
         g = torch.Generator(device=DEVICE).manual_seed(seed)
         x = torch.randn(m, k, generator=g, device=DEVICE) * torch.exp(torch.randn(m, k, generator=g, device=DEVICE))
         x[0, :] = 0.0  # an all-zero token
@@ -58,7 +58,8 @@ CHECKS = textwrap.dedent("""
         bias = torch.randn(n, generator=g, device=DEVICE)
         for b in (None, bias):
             for promote in promote_modes if qdtype != torch.int8 else (True,):
-                out = kernels.scaled_gemm(xq, sx, wq, sw, b, out_dtype=torch.float32, fp8_promote=promote, tiles=TILES)
+                out = kernels.scaled_gemm(xq, sx, wq, sw, b, out_dtype=torch.float32, fp8_promote=promote, tiles=TILES,
+                                          tma=tma)
                 assert torch.isfinite(out).all()
                 if qdtype == torch.int8:
                     tol = 1e-6
@@ -70,7 +71,7 @@ CHECKS = textwrap.dedent("""
                 ERRORS.append((qdtype, (m, k, n), promote, err))
                 assert err <= tol, f"gemm {qdtype} {m}x{k}x{n} bias={b is not None} promote={promote}: error {err} > {tol}"
         # bf16 output (default accumulation): one bf16 ulp of the result plus the accumulation bound above.
-        out = kernels.scaled_gemm(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.bfloat16, tiles=TILES)
+        out = kernels.scaled_gemm(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.bfloat16, tiles=TILES, tma=tma)
         ref = kernels.scaled_gemm_reference(xq, sx, wq, sw, bias.bfloat16(), out_dtype=torch.float32)
         accumulation = (xq.float().abs() @ wq.float().abs().t()) * sx.float() * sw.float().t()
         tol = 1e-6 if qdtype == torch.int8 else 1e-5 if DEVICE == "cpu" else 2.0 ** -9
@@ -103,13 +104,15 @@ CHECKS = textwrap.dedent("""
     for TILES in TILE_CHOICES:  # None: the autotuner (interpreter: its fixed small tiles)
         for i, (m, k, n) in enumerate(SHAPES):
             for qdtype in (torch.int8, torch.float8_e4m3fn):
-                check_gemm(m, k, n, qdtype, seed=i, promote_modes=PROMOTE_MODES)
+                check_gemm(m, k, n, qdtype, seed=i, promote_modes=PROMOTE_MODES)  # the kernel the device picks
+                if k % 16 == 0 and TMA_RUNS:  # the persistent TMA kernel explicitly (rows of 16-byte multiples)
+                    check_gemm(m, k, n, qdtype, seed=i, promote_modes=PROMOTE_MODES, tma=True)
     print("kernels match their references")
 """)
 
 
 def test_kernels_in_triton_interpreter():
-    script = f"DEVICE = 'cpu'\nSHAPES = {SHAPES!r}\nGELU_SHAPES = [(5, 200), (3, 5000)]\nPROMOTE_MODES = (True, False)\nTILE_CHOICES = (None,)\n" + CHECKS
+    script = f"DEVICE = 'cpu'\nTMA_RUNS = True\nSHAPES = {SHAPES!r}\nGELU_SHAPES = [(5, 200), (3, 5000)]\nPROMOTE_MODES = (True, False)\nTILE_CHOICES = (None,)\n" + CHECKS
     assert "kernels match their references" in run_in_triton_interpreter(script)
 
 
@@ -136,6 +139,7 @@ def test_kernels_on_gpu():
     if capability < (8, 9):
         pytest.skip("fp8 tensor-core dot needs compute capability >= 8.9")
     namespace = {"ROOT": ROOT, "DEVICE": "cuda", "SHAPES": SHAPES + [(300, 512, 1000), (1000, 1024, 384)],
+                 "TMA_RUNS": torch.cuda.get_device_capability() >= (9, 0),
                  "GELU_SHAPES": [(5, 200), (300, 8960), (1000, 13824)],
                  "PROMOTE_MODES": (True, False),
                  # a small and a large tile of the autotuner's list (autotuning every test shape takes minutes)
