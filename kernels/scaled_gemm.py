@@ -6,8 +6,9 @@ in its stored [N, K] layout (K contiguous), which is the K-major operand the ten
 transposed copy is ever made. Fusing the epilogue saves the int32/fp32 [M, N] round trip through memory
 that `torch._int_mm` + a separate scale pass costs.
 
-Two kernels: on Hopper and newer a persistent one with TMA descriptor loads (one program per SM; 14-24%
-faster at the 14B shapes), elsewhere (and for rows that are not 16-byte multiples) one with pointer loads.
+Two kernels: for fp8 on Hopper and newer a persistent one with TMA descriptor loads (one program per SM;
+4-19% faster at the 14B shapes), elsewhere (int8, rows that are not 16-byte multiples, older GPUs) one with
+pointer loads.
 """
 
 from __future__ import annotations
@@ -128,19 +129,6 @@ try:
     ]
     _autotuned_kernel = triton.autotune(_GPU_CONFIGS, key=["M", "N", "K", "IS_INT8", "FP8_PROMOTE"])(_scaled_gemm_kernel)
 
-    def _set_block_shapes(nargs):
-        """The TMA descriptors' block shapes follow the autotuner's tile choice."""
-        nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
-        nargs["b_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
-
-    # The fastest tiles of an H100 sweep at the 14B shapes (32,760 tokens; bench/NOTES.md): 1.26 ms for
-    # 5120x5120 (the pointer kernel: 1.56 ms), 3.62 / 3.51 ms for ffn.0 / ffn.2 (3.91 / 3.94 ms).
-    _TMA_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s,
-                      pre_hook=_set_block_shapes)
-        for bm, bn, bk, w, s in [(128, 256, 128, 8, 4), (128, 256, 64, 8, 5), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3)]
-    ]
-    _autotuned_tma_kernel = triton.autotune(_TMA_CONFIGS, key=["M", "N", "K", "IS_INT8", "FP8_PROMOTE"])(_scaled_gemm_tma_kernel)
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor
     except ImportError:  # an older Triton: the pointer kernel only
@@ -150,9 +138,16 @@ except ImportError:
     TensorDescriptor = None
 
 
+# The TMA kernel's tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the best or within 4% of the best of an H100
+# sweep at every 14B shape (32,760 tokens; bench/NOTES.md): 5120x5120 1.26 ms (the pointer kernel: 1.56), ffn.0
+# 3.75 (3.91), ffn.2 3.51 (3.94).
+TMA_TILES = (128, 256, 128, 8, 4)
+
+
 def _tma_applies(xq: torch.Tensor, wq: torch.Tensor) -> bool:
-    """TMA needs Hopper or newer, rows of 16-byte multiples and unit column strides."""
-    return (TensorDescriptor is not None and not _INTERPRET and xq.is_cuda
+    """fp8 on Hopper or newer, rows of 16-byte multiples, unit column strides (Triton 3.6 does not compile the
+    int8 variant: int8 keeps the pointer kernel)."""
+    return (TensorDescriptor is not None and not _INTERPRET and xq.is_cuda and xq.dtype == torch.float8_e4m3fn
             and torch.cuda.get_device_capability(xq.device) >= (9, 0) and xq.shape[1] % 16 == 0
             and xq.stride(1) == 1 and wq.stride(1) == 1 and xq.stride(0) % 16 == 0 and wq.stride(0) % 16 == 0)
 
@@ -160,27 +155,20 @@ def _tma_applies(xq: torch.Tensor, wq: torch.Tensor) -> bool:
 def _launch_tma(xq, wq, out, sx, sw, bias, flags, tiles):
     m, k = xq.shape
     n = wq.shape[0]
+    bm, bn, bk, warps, stages = tiles or TMA_TILES
     # One program per SM (the interpreter: a few, so the persistent loop still visits several tiles each).
     sms = torch.cuda.get_device_properties(xq.device).multi_processor_count if xq.is_cuda else 3
-    # Placeholder block shapes: the autotuner's pre-hook (or the fixed tiles below) sets the real ones.
-    a_desc, b_desc = TensorDescriptor.from_tensor(xq, [1, 16]), TensorDescriptor.from_tensor(wq, [1, 16])
-    args = (a_desc, b_desc, out, sx, sw, bias if bias is not None else sx, m, n, k, out.stride(0), out.stride(1))
-    if tiles is not None:
-        bm, bn, bk, warps, stages = tiles
-        a_desc.block_shape, b_desc.block_shape = [bm, bk], [bn, bk]
-        grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
-        _scaled_gemm_tma_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_SMS=sms,
-                                      num_warps=warps, num_stages=stages)
-    else:
-        def grid(meta):
-            return (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
-        _autotuned_tma_kernel[grid](*args, **flags, NUM_SMS=sms)
+    a_desc, b_desc = TensorDescriptor.from_tensor(xq, [bm, bk]), TensorDescriptor.from_tensor(wq, [bn, bk])
+    grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
+    _scaled_gemm_tma_kernel[grid](a_desc, b_desc, out, sx, sw, bias if bias is not None else sx, m, n, k, out.stride(0),
+                                  out.stride(1), **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_SMS=sms,
+                                  num_warps=warps, num_stages=stages)
 
 
 def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote=None, tiles=None, tma=None):
     """Triton version of scaled_gemm_reference.
 
-    tma: the persistent TMA kernel (Hopper+), the pointer kernel, or None: TMA wherever it applies.
+    tma: True/False: the persistent TMA kernel / the pointer kernel; None: TMA wherever it applies.
 
     fp8_promote: add each K-tile's fp8 partial product into float32 (exact to float32 rounding) rather than
     letting the tensor cores accumulate the whole K in their reduced-precision fp8 accumulator.
