@@ -7,8 +7,8 @@ transposed copy is ever made. Fusing the epilogue saves the int32/fp32 [M, N] ro
 that `torch._int_mm` + a separate scale pass costs.
 
 Two kernels: for fp8 on Hopper and newer a persistent one with TMA descriptor loads (one program per SM;
-4-19% faster at the 14B shapes), elsewhere (int8, rows that are not 16-byte multiples, older GPUs) one with
-pointer loads.
+5-19% faster at the 14B attention shape, -1% to +11% at the FFN shapes, depending on the H100), elsewhere
+(int8, rows that are not 16-byte multiples, older GPUs) one with pointer loads.
 """
 
 from __future__ import annotations
@@ -63,13 +63,17 @@ try:
 
     @triton.jit
     def _accumulate(acc, a, b, IS_INT8: tl.constexpr, FP8_PROMOTE: tl.constexpr, BLOCK_K: tl.constexpr):
+        # One return statement: Triton 3.6 rejects returns of different types (int32 / float32 accumulators)
+        # even in branches that a constexpr rules out.
         if IS_INT8:
-            return tl.dot(a, b, acc, out_dtype=tl.int32)
-        if FP8_PROMOTE:
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        elif FP8_PROMOTE:
             # Hopper's fp8 tensor cores add into an accumulator of ~14 mantissa bits; this adds each K-tile's
             # partial sum into the float32 accumulator instead (DeepSeek-V3's 128-element interval).
-            return tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
-        return tl.dot(a, b, acc)
+            acc = tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc = tl.dot(a, b, acc)
+        return acc
 
     @triton.jit
     def _scaled_gemm_kernel(a_ptr, b_ptr, out_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
@@ -139,14 +143,14 @@ except ImportError:
 
 
 # The TMA kernel's tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the best or within 4% of the best of an H100
-# sweep at every 14B shape (32,760 tokens; bench/NOTES.md): 5120x5120 1.26 ms (the pointer kernel: 1.56), ffn.0
-# 3.75 (3.91), ffn.2 3.51 (3.94).
+# sweep at every 14B shape (32,760 tokens; bench/NOTES.md). Two H100s, TMA vs pointer kernel: 5120x5120 1.26 / 1.40 ms
+# vs 1.56 / 1.47, ffn.0 3.75 / 3.77 vs 3.91 / 3.97, ffn.2 3.51 / 3.78 vs 3.94 / 3.74.
 TMA_TILES = (128, 256, 128, 8, 4)
 
 
 def _tma_applies(xq: torch.Tensor, wq: torch.Tensor) -> bool:
-    """fp8 on Hopper or newer, rows of 16-byte multiples, unit column strides (Triton 3.6 does not compile the
-    int8 variant: int8 keeps the pointer kernel)."""
+    """fp8 on Hopper or newer, rows of 16-byte multiples, unit column strides. (int8 keeps the pointer kernel:
+    its TMA variant has not been measured.)"""
     return (TensorDescriptor is not None and not _INTERPRET and xq.is_cuda and xq.dtype == torch.float8_e4m3fn
             and torch.cuda.get_device_capability(xq.device) >= (9, 0) and xq.shape[1] % 16 == 0
             and xq.stride(1) == 1 and wq.stride(1) == 1 and xq.stride(0) % 16 == 0 and wq.stride(0) % 16 == 0)
