@@ -142,8 +142,9 @@ def test_kernels_on_gpu():
                  "TMA_RUNS": torch.cuda.get_device_capability() >= (9, 0),
                  "GELU_SHAPES": [(5, 200), (300, 8960), (1000, 13824)],
                  "PROMOTE_MODES": (True, False),
-                 # a small and a large tile of the autotuner's list (autotuning every test shape takes minutes)
-                 "TILE_CHOICES": ((64, 128, 128, 4, 4), (128, 256, 64, 8, 5))}
+                 # a small tile and the TMA kernel's large one (autotuning every test shape takes minutes; fixed tiles
+                 # that do not fit shared memory fail instead of being skipped)
+                 "TILE_CHOICES": ((64, 128, 128, 4, 4), (128, 256, 128, 8, 4))}
     exec(compile(CHECKS, "kernel_checks", "exec"), namespace)
     worst = {}
     for qdtype, _, promote, err in namespace["ERRORS"]:
