@@ -101,18 +101,20 @@ CHECKS = textwrap.dedent("""
             check_gelu_quant(m, k, qdtype, seed=i)
 
     ERRORS = []
-    for TILES in TILE_CHOICES:  # None: the autotuner (interpreter: its fixed small tiles)
-        for i, (m, k, n) in enumerate(SHAPES):
-            for qdtype in (torch.int8, torch.float8_e4m3fn):
-                check_gemm(m, k, n, qdtype, seed=i, promote_modes=PROMOTE_MODES)  # the kernel the device picks
-                if k % 16 == 0 and TMA_RUNS and qdtype != torch.int8:  # the persistent TMA kernel (fp8)
-                    check_gemm(m, k, n, qdtype, seed=i, promote_modes=PROMOTE_MODES, tma=True)
+    # Both kernels: pointer loads everywhere, the persistent TMA one for fp8 rows of 16-byte multiples. Tiles None:
+    # the default choice (interpreter: fixed small tiles).
+    for tma in (False, True):
+        for TILES in TILE_CHOICES[tma]:
+            for i, (m, k, n) in enumerate(SHAPES):
+                for qdtype in (torch.int8, torch.float8_e4m3fn):
+                    if not tma or (TMA_RUNS and k % 16 == 0 and qdtype != torch.int8):
+                        check_gemm(m, k, n, qdtype, seed=i, promote_modes=PROMOTE_MODES, tma=tma)
     print("kernels match their references")
 """)
 
 
 def test_kernels_in_triton_interpreter():
-    script = f"DEVICE = 'cpu'\nTMA_RUNS = True\nSHAPES = {SHAPES!r}\nGELU_SHAPES = [(5, 200), (3, 5000)]\nPROMOTE_MODES = (True, False)\nTILE_CHOICES = (None,)\n" + CHECKS
+    script = f"DEVICE = 'cpu'\nTMA_RUNS = True\nSHAPES = {SHAPES!r}\nGELU_SHAPES = [(5, 200), (3, 5000)]\nPROMOTE_MODES = (True, False)\nTILE_CHOICES = {{False: (None,), True: (None,)}}\n" + CHECKS
     assert "kernels match their references" in run_in_triton_interpreter(script)
 
 
@@ -142,9 +144,10 @@ def test_kernels_on_gpu():
                  "TMA_RUNS": torch.cuda.get_device_capability() >= (9, 0),
                  "GELU_SHAPES": [(5, 200), (300, 8960), (1000, 13824)],
                  "PROMOTE_MODES": (True, False),
-                 # a small tile and the TMA kernel's large one (autotuning every test shape takes minutes; fixed tiles
-                 # that do not fit shared memory fail instead of being skipped)
-                 "TILE_CHOICES": ((64, 128, 128, 4, 4), (128, 256, 128, 8, 4))}
+                 # a small and a large tile per kernel (autotuning every test shape takes minutes; fixed tiles that
+                 # do not fit shared memory fail instead of being skipped): the pointer kernel's and the TMA kernel's
+                 "TILE_CHOICES": {False: ((64, 128, 128, 4, 4), (128, 256, 64, 8, 5)),
+                                  True: ((64, 128, 128, 4, 4), (128, 256, 128, 8, 4))}}
     exec(compile(CHECKS, "kernel_checks", "exec"), namespace)
     worst = {}
     for qdtype, _, promote, err in namespace["ERRORS"]:
