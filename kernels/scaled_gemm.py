@@ -148,10 +148,11 @@ except ImportError:
 TMA_TILES = (128, 256, 128, 8, 4)
 
 
-def _tma_applies(xq: torch.Tensor, wq: torch.Tensor) -> bool:
-    """fp8 on Hopper or newer, rows of 16-byte multiples, unit column strides. (int8 keeps the pointer kernel:
-    its TMA variant has not been measured.)"""
+def _tma_applies(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """fp8 in, 16-bit out (TMA_TILES with a float32 output tile exceed shared memory), Hopper or newer, rows of
+    16-byte multiples, unit column strides. (int8 keeps the pointer kernel: its TMA variant was not measured.)"""
     return (TensorDescriptor is not None and not _INTERPRET and xq.is_cuda and xq.dtype == torch.float8_e4m3fn
+            and out_dtype in (torch.bfloat16, torch.float16)
             and torch.cuda.get_device_capability(xq.device) >= (9, 0) and xq.shape[1] % 16 == 0
             and xq.stride(1) == 1 and wq.stride(1) == 1 and xq.stride(0) % 16 == 0 and wq.stride(0) % 16 == 0)
 
@@ -194,7 +195,7 @@ def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote
     flags = {"HAS_BIAS": bias is not None, "IS_INT8": xq.dtype == torch.int8, "FP8_PROMOTE": FP8_PROMOTE_DEFAULT if fp8_promote is None else bool(fp8_promote)}
     if _INTERPRET and tiles is None:
         tiles = (16, 32, 32, 4, 1)
-    if _tma_applies(xq, wq) if tma is None else tma:
+    if _tma_applies(xq, wq, out_dtype) if tma is None else tma:
         _launch_tma(xq, wq, out, sx, sw, bias, flags, tiles)
         return out
     if tiles is not None:

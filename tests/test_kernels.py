@@ -145,9 +145,10 @@ def test_kernels_on_gpu():
                  "GELU_SHAPES": [(5, 200), (300, 8960), (1000, 13824)],
                  "PROMOTE_MODES": (True, False),
                  # a small and a large tile per kernel (autotuning every test shape takes minutes; fixed tiles that
-                 # do not fit shared memory fail instead of being skipped): the pointer kernel's and the TMA kernel's
+                 # do not fit shared memory fail instead of being skipped; these checks write float32 outputs, whose
+                 # epilogue tile the TMA kernel's default TMA_TILES, meant for 16-bit outputs, cannot also hold)
                  "TILE_CHOICES": {False: ((64, 128, 128, 4, 4), (128, 256, 64, 8, 5)),
-                                  True: ((64, 128, 128, 4, 4), (128, 256, 128, 8, 4))}}
+                                  True: ((64, 128, 128, 4, 4), (128, 128, 128, 8, 4))}}
     exec(compile(CHECKS, "kernel_checks", "exec"), namespace)
     worst = {}
     for qdtype, _, promote, err in namespace["ERRORS"]:
