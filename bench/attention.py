@@ -115,7 +115,7 @@ def main():
                 kernel_only = {"shape": name, "backend": "ours-kernel", "lq": lq, "lk": lk}
                 kernel_only["s"] = median_seconds(lambda: kernels.attention8(q, k, v, quantized=quantized), warmup, runs, device)
                 kernel_only["tflops"] = flops / kernel_only["s"] / 1e12
-                kernel_only["config"] = str(kernels.attention8_config())
+                kernel_only["config"] = str(kernels.ATTENTION_TILES)
                 rows.append(kernel_only)
                 quant_s = median_seconds(lambda: kernels.quantize_qkv(q, k, v), warmup, runs, device)
                 rows.append({"shape": name, "backend": "ours-quant", "lq": lq, "lk": lk, "s": quant_s, "tflops": 0.0})

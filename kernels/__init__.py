@@ -11,7 +11,7 @@ try:
 except ImportError:  # the references below still work
     TRITON_AVAILABLE = False
 
-from .attention_8bit import (attention8, attention8_config, attention8_reference, quantize_kv,  # noqa: E402
+from .attention_8bit import (ATTENTION_TILES, attention8, attention8_reference, quantize_kv,  # noqa: E402
                              quantize_qkv, quantize_qkv_reference)
 from .lowrank_add import lowrank_add_, lowrank_add_reference  # noqa: E402
 from .act_quant import (gelu_quantize_per_token, gelu_quantize_per_token_reference,  # noqa: E402
@@ -20,4 +20,4 @@ from .scaled_gemm import scaled_gemm, scaled_gemm_reference  # noqa: E402
 from .norm_rope import (rms_norm_rope, rms_norm_rope_column_sums, rms_norm_rope_column_sums_reference,  # noqa: E402
                         rms_norm_rope_int8, rms_norm_rope_int8_reference, rms_norm_rope_reference)
 
-__all__ = ["TRITON_AVAILABLE", "attention8", "attention8_config", "attention8_reference", "quantize_kv", "quantize_qkv", "quantize_qkv_reference", "lowrank_add_", "lowrank_add_reference", "gelu_quantize_per_token", "gelu_quantize_per_token_reference", "quantize_per_token", "quantize_per_token_reference", "scaled_gemm", "scaled_gemm_reference", "rms_norm_rope", "rms_norm_rope_reference", "rms_norm_rope_int8", "rms_norm_rope_int8_reference", "rms_norm_rope_column_sums", "rms_norm_rope_column_sums_reference"]
+__all__ = ["TRITON_AVAILABLE", "ATTENTION_TILES", "attention8", "attention8_reference", "quantize_kv", "quantize_qkv", "quantize_qkv_reference", "lowrank_add_", "lowrank_add_reference", "gelu_quantize_per_token", "gelu_quantize_per_token_reference", "quantize_per_token", "quantize_per_token_reference", "scaled_gemm", "scaled_gemm_reference", "rms_norm_rope", "rms_norm_rope_reference", "rms_norm_rope_int8", "rms_norm_rope_int8_reference", "rms_norm_rope_column_sums", "rms_norm_rope_column_sums_reference"]

@@ -43,6 +43,12 @@ _LOG2E = 1.4426950408889634
 MIN_ABSMAX = 1e-12
 
 
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest tiles of every H100 sweep at 32,760 tokens (bench/attention.py
+# --sweep: 28.1 ms, the next best 33.0). Fixed rather than autotuned: an autotuner timing a few calls of each candidate
+# picked (128, 128, 8, 3) inside a DiT forward, 32.9 ms per call. Key tiles must divide QUANT_BLOCK (one K scale each).
+ATTENTION_TILES = (64, 128, 4, 3)
+
+
 def _padded(length: int) -> int:
     return -(-length // QUANT_BLOCK) * QUANT_BLOCK
 
@@ -239,13 +245,6 @@ try:
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_m[:, None] < length_q)
 
     _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-    # The fastest tiles of the H100 sweep at 32,760 tokens (bench/attention.py --sweep, bench/NOTES.md); key tiles
-    # must divide QUANT_BLOCK (one K scale per tile).
-    _GPU_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(64, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)]
-    ]
-    _autotuned_attention8 = triton.autotune(_GPU_CONFIGS, key=["length_q", "length_k", "HEAD_DIM", "PV_FP8", "SPLIT_ACC"])(_attention8_kernel)
 except ImportError:
     triton = None
 
@@ -304,8 +303,8 @@ def quantize_kv(k, v, pv_dtype=None, k_mean=None):
 def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None):
     """8-bit attention; returns [B, Lq, H, D] in q's dtype.
 
-    quantized: quantize_qkv's output (its V dtype picks fp8 or fp16 P.V). tiles: a fixed (BLOCK_M, BLOCK_N,
-    num_warps, num_stages) instead of the autotuner's choice. split_accumulation: None = SPLIT_ACCUMULATION.
+    quantized: quantize_qkv's output (its V dtype picks fp8 or fp16 P.V). tiles: (BLOCK_M, BLOCK_N, num_warps,
+    num_stages) instead of ATTENTION_TILES. split_accumulation: None = SPLIT_ACCUMULATION.
     """
     _check(q, k, v)
     b, lq, h, d = q.shape
@@ -315,21 +314,9 @@ def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None):
     args = (q8, qs, k8, ks, v8t, vs, out, lq, lk, h, q8.shape[2], k8.shape[2], out.stride(0), out.stride(1), out.stride(2))
     flags = {"ROUND_P": _INTERPRET, "PV_FP8": v8t.dtype == torch.float8_e4m3fn,
              "SPLIT_ACC": SPLIT_ACCUMULATION if split_accumulation is None else bool(split_accumulation)}
-    if _INTERPRET and tiles is None:
-        tiles = (32, 32, 4, 1)
-    if tiles is not None:
-        bm, bn, warps, stages = tiles
-        if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
-            raise ValueError(f"attention8: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
-        _attention8_kernel[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **flags,
-                                                          num_warps=warps, num_stages=stages)
-    else:
-        def grid(meta):
-            return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
-        _autotuned_attention8[grid](*args, HEAD_DIM=d, **flags)
+    bm, bn, warps, stages = tiles or ((32, 32, 4, 1) if _INTERPRET else ATTENTION_TILES)
+    if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
+        raise ValueError(f"attention8: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
+    _attention8_kernel[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **flags,
+                                                      num_warps=warps, num_stages=stages)
     return out
-
-
-def attention8_config():
-    """The autotuner's last chosen tile configuration (None before the first GPU call)."""
-    return getattr(_autotuned_attention8, "best_config", None) if triton is not None else None

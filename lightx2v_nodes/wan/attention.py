@@ -73,7 +73,7 @@ def _has_fp8_tensor_cores(device: torch.device) -> bool:
     return capable
 
 
-@torch.compiler.disable  # a Triton autotuned launcher: compiled blocks call it as is (one graph break)
+@torch.compiler.disable  # Triton launches with Python-side setup: compiled blocks call it as is (one graph break)
 def _lightx2v_int8(q, k, v):
     if not _eight_bit_applies(q, k):
         return _sdpa(q, k, v)
