@@ -142,6 +142,17 @@ try:
     # Divisions are IEEE-rounded (div_rn; Triton's `/` is approximate on the GPU), so the 8-bit values equal the
     # PyTorch reference's bit for bit.
     @triton.jit
+    def _round_to_int8(v):
+        """float32 v -> int8, rounding half to even as torch.round (adding 1.5 * 2^23), clamped to +-127."""
+        return tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -127.0), 127.0).to(tl.int8)
+
+    @triton.jit
+    def _int8_per_row(x):
+        """Each row of float32 x [rows, D] as int8 with its absmax / 127 scale: (int8 [rows, D], scales [rows])."""
+        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12), 127.0)
+        return _round_to_int8(tl.math.div_rn(x, scale[:, None])), scale
+
+    @triton.jit
     def _quantize_qk_kernel(x_ptr, mean_ptr, q_ptr, s_ptr, length, heads, n_blocks, stride_xb, stride_xl, stride_xh,
                             scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, HEAD_DIM: tl.constexpr,
                             BLOCK: tl.constexpr):
@@ -152,13 +163,10 @@ try:
         if HAS_MEAN:
             x = tl.where(valid, x - tl.load(mean_ptr + pid_bh * HEAD_DIM + cols)[None, :], 0.0)
         if PER_ROW:
-            scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12), 127.0)
-            v = tl.math.div_rn(x, scale[:, None])
+            q, scale = _int8_per_row(x)
         else:
             scale = tl.math.div_rn(tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12), 127.0)
-            v = tl.math.div_rn(x, scale)
-        v = (v + 12582912.0) - 12582912.0  # round half to even, as torch.round
-        q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
+            q = _round_to_int8(tl.math.div_rn(x, scale))
         q_ptrs = q_ptr + pid_bh.to(tl.int64) * n_blocks * BLOCK * HEAD_DIM + rows[:, None] * HEAD_DIM + cols[None, :]
         tl.store(q_ptrs, q)
         if PER_ROW:

@@ -60,6 +60,8 @@ try:
     import triton
     import triton.language as tl
 
+    from .attention_8bit import _int8_per_row
+
     @triton.jit
     def _round_to_bf16(x):
         """float32 -> the nearest bfloat16 value (ties to even), still float32: the interpreter's cast truncates."""
@@ -103,12 +105,7 @@ try:
             roped = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), [HEADS_P2, DIM_P2])
             y = _to_dtype(roped, dtype, ROUND_BF16)
             if MODE == 1:
-                # quantize_qkv's per-token Q quantization (attention_8bit._quantize_qk_kernel), same operations
-                yf = y.to(tl.float32)
-                scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(yf), axis=1), 1e-12), 127.0)
-                v = tl.math.div_rn(yf, scale[:, None])
-                v = (v + 12582912.0) - 12582912.0  # round half to even, as torch.round
-                q = tl.minimum(tl.maximum(v, -127.0), 127.0).to(tl.int8)
+                q, scale = _int8_per_row(y.to(tl.float32))  # quantize_qkv's per-token Q quantization
                 head_rows = (b * heads + hs) * padded_len + token  # [HEADS_P2, 1]
                 tl.store(q8_ptr + head_rows * HEAD_DIM + ds, q, mask=in_row)
                 tl.store(scale_ptr + tl.reshape(head_rows, [HEADS_P2]), scale * scale_factor,
