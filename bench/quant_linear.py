@@ -154,6 +154,50 @@ def gemm_only_rows(label, name, x, wq, sw, bias, flop, measure, warmup, runs):
     return rows
 
 
+def parse_tiles(text):
+    """'128,256,128,8,4;256,128,128,8,3' -> [(128, 256, 128, 8, 4), (256, 128, 128, 8, 3)]"""
+    return [tuple(int(v) for v in part.split(",")) for part in text.split(";") if part.strip()]
+
+
+def tma_tile_rows(shapes, tiles, device, measure, warmup, runs):
+    """The persistent TMA fp8 GEMM alone (activations already quantized) at each shape and candidate tile."""
+    rows = []
+    for label, (m, k, n, _) in shapes.items():
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(m, k, generator=gen, device=device).to(torch.bfloat16)
+        wq, sw = quantize_weight(torch.randn(n, k, generator=gen, device=device) / k ** 0.5, "fp8")
+        xq, sx = kernels.quantize_per_token(x, torch.float8_e4m3fn)
+        bias = torch.zeros(n, device=device, dtype=torch.bfloat16)
+        expected = kernels.scaled_gemm(xq, sx, wq, sw, bias, tma=True)
+        for tile in tiles:
+            call = lambda tile=tile: kernels.scaled_gemm(xq, sx, wq, sw, bias, tiles=tile, tma=True)  # noqa: E731
+            try:
+                same = torch.equal(call(), expected)
+                seconds = measure(call, warmup, runs)
+            except Exception as exc:  # a tile that does not fit shared memory fails to compile
+                rows.append({"shape": label, "backend": f"fp8 tma {tile}", "skipped": str(exc).splitlines()[0][:100]})
+                continue
+            rows.append({"shape": label, "backend": f"fp8 tma {tile}", "ms": seconds * 1e3,
+                         "tflops": 2.0 * m * k * n / seconds / 1e12, "equal_to_default": same})
+    return rows
+
+
+def peak_rows(device, measure, warmup, runs, size=8192):
+    """The GEMM ceilings at size^3: bf16 F.linear, fp8 torch._scaled_mm (row-wise scales), our fp8 Triton GEMM."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(size, size, generator=gen, device=device).to(torch.bfloat16)
+    w = torch.randn(size, size, generator=gen, device=device).to(torch.bfloat16)
+    xq, sx = kernels.quantize_per_token(x, torch.float8_e4m3fn)
+    wq, sw = quantize_weight(w, "fp8")
+    calls = {"bf16 F.linear": lambda: F.linear(x, w),
+             "fp8 scaled_mm": lambda: torch._scaled_mm(xq, wq.t(), scale_a=sx, scale_b=sw.reshape(1, -1),
+                                                       out_dtype=torch.bfloat16, use_fast_accum=True),
+             "fp8 triton": lambda: kernels.scaled_gemm(xq, sx, wq, sw, None)}
+    label = f"peak {size}^3"
+    return [{"shape": label, "backend": name, "ms": (t := measure(call, warmup, runs)) * 1e3,
+             "tflops": 2.0 * size ** 3 / t / 1e12} for name, call in calls.items()]
+
+
 def accumulation_errors(device, m=1024, n=1024, ks=(5120, 13824)):
     """fp8 GEMM error vs float64, as a fraction of sum_k |x_k w_k| (max over outputs) and relative norm."""
     gen = torch.Generator(device=device).manual_seed(2)
@@ -214,6 +258,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--backends", default=None, help="comma-separated subset of: " + ", ".join(BACKENDS))
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU: checks the code paths run")
+    parser.add_argument("--tma-tiles", default=None,
+                        help="GPU: also time the TMA fp8 GEMM alone with these tiles, e.g. '128,256,128,8,4;256,128,128,8,3' "
+                             "(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     shapes = TINY_SHAPES if args.tiny else FULL_SHAPES
@@ -233,6 +280,10 @@ def main(argv=None):
             torch.cuda.empty_cache()
     block = per_block(rows, shapes)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+    if capability >= (8, 9) and kernels.TRITON_AVAILABLE:
+        rows += peak_rows(device, measure, warmup, runs)
+        if args.tma_tiles and capability >= (9, 0):
+            rows += tma_tile_rows(shapes, parse_tiles(args.tma_tiles), device, measure, warmup, runs)
     accumulation = accumulation_errors(device) if capability >= (8, 9) and kernels.TRITON_AVAILABLE else []
     resident = resident_weights(args.tiny)
     name = device_name(device)
@@ -252,6 +303,8 @@ def main(argv=None):
         tflops = f"{r['tflops']:9.1f}" if "tflops" in r else f"{r['gb_per_s']:6.0f}GB/s"
         speed = f"{r['speedup_vs_bf16']:7.2f}" if "speedup_vs_bf16" in r else " " * 7
         cos = f"{r['cosine_vs_bf16']:8.5f}" if "cosine_vs_bf16" in r else ""
+        if "equal_to_default" in r:
+            cos = "same bits" if r["equal_to_default"] else "DIFFERENT"
         print(f"{r['shape']:24s} {r['backend']:34s} {r['ms']:9.3f} {tflops} {speed} {cos}")
     if accumulation:
         print(f"\nfp8 GEMM error vs float64 ({1024}x{1024} outputs; error / sum|products|, max; relative norm error):")
