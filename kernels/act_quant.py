@@ -1,8 +1,8 @@
 """Per-token (per-row) dynamic symmetric activation quantization to int8 or float8_e4m3fn.
 
 s = absmax(row) / QMAX; int8: q = clamp(round(x / s), -128, 127); fp8: q = fp8(clamp(x / s, -448, 448)).
-The Triton kernel fuses the absmax, the scale and the cast into one launch (one program per row), where
-PyTorch needs four passes over the activations.
+The Triton kernel fuses the absmax, the scale and the cast into one launch and one read of the activations
+(each row held in registers between its absmax and its quantization), where PyTorch needs four passes.
 
 `gelu_quantize_per_token` quantizes GELU(x) (tanh approximation, kept in float32 where an unfused GELU
 would round it to x's dtype first) for the FFN's second linear: one read of the [tokens, ffn_dim] hidden state
@@ -19,8 +19,15 @@ import torch
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 # Rows that are all zero get this absmax, so their scale is not 0 (x / 0 would be NaN); q is 0 anyway.
 MIN_ABSMAX = 1e-12
-# Adding and subtracting 1.5 * 2^23 rounds an fp32 value to the nearest integer, ties to even, like torch.round.
-_ROUND_MAGIC = 12582912.0
+# Rows up to this many elements (power-of-2 padded; 16,384 covers every Wan width, 13,824 included) are held in
+# registers and quantized in one pass; at 16 warps that is 32 float32 values per thread. Wider rows take two passes.
+ROW_IN_REGISTERS = 16384
+# ... unless padding to the power of 2 would leave more than a quarter of the lanes idle (8,960 -> 16,384).
+MIN_ROW_FILL = 0.75
+# Programs of short rows get several of them, about this many elements in all.
+ROW_ELEMENTS_PER_PROGRAM = 4096
+# The two-pass kernel's chunk of a row.
+TWO_PASS_BLOCK = 1024
 
 
 def quantize_per_token_reference(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,9 +77,45 @@ try:
         return v
 
     @triton.jit
+    def _quantize_values(v, scale, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr, INTERPRETED: tl.constexpr):
+        """float32 v and its row's scale (absmax / QMAX) -> the 8-bit value of v / scale, as float32."""
+        if INTERPRETED:  # the interpreter's fma rounds twice, which the correction below relies on not doing
+            v = tl.math.div_rn(v, scale)
+        else:
+            # v / scale, IEEE-rounded like the reference's division, without a division per element (which made the
+            # kernel compute-bound): a product with the rounded reciprocal, then one residual correction (Markstein).
+            reciprocal = tl.math.div_rn(1.0, scale)
+            quotient = v * reciprocal
+            v = tl.fma(tl.fma(-quotient, scale, v), reciprocal, quotient)
+        if IS_INT8:
+            v = tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -128.0), 127.0)
+        else:
+            v = tl.minimum(tl.maximum(v, -QMAX_C), QMAX_C)
+            if INTERPRETED:
+                v = _round_to_e4m3_grid(v)
+        return v
+
+    @triton.jit
+    def _act_quant_rows_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_x, stride_q, QMAX_C: tl.constexpr,
+                               IS_INT8: tl.constexpr, GELU: tl.constexpr, INTERPRETED: tl.constexpr,
+                               ROWS: tl.constexpr, BLOCK: tl.constexpr):
+        # One pass: ROWS whole rows (BLOCK >= K) are loaded once into registers, reduced, quantized and stored,
+        # so every load of the program is in flight at once and nothing is read twice.
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK)
+        rows64 = rows.to(tl.int64)
+        mask = (rows[:, None] < M) & (cols[None, :] < K)
+        v = _load_activation(x_ptr + rows64[:, None] * stride_x + cols[None, :], mask, GELU)
+        absmax = tl.maximum(tl.max(tl.abs(v), axis=1), 1e-12)
+        scale = tl.math.div_rn(absmax, QMAX_C)
+        tl.store(s_ptr + rows, scale, mask=rows < M)
+        v = _quantize_values(v, scale[:, None], QMAX_C, IS_INT8, INTERPRETED)
+        tl.store(q_ptr + rows64[:, None] * stride_q + cols[None, :], v.to(q_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
     def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr,
                           GELU: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
-        # Two passes over the row (absmax, then quantize); the second reads it from L2.
+        # Rows too wide for registers: two passes over the row (absmax, then quantize); the second reads it from L2.
         row = tl.program_id(0).to(tl.int64)
         x_row = x_ptr + row * stride_x
         q_row = q_ptr + row * stride_q
@@ -83,19 +126,9 @@ try:
         row_absmax = tl.maximum(tl.max(absmax, axis=0), 1e-12)
         scale = tl.math.div_rn(row_absmax, QMAX_C)
         tl.store(s_ptr + row, scale)
-        inverse = tl.math.div_rn(QMAX_C, row_absmax)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            v = _load_activation(x_row + cols, cols < K, GELU)
-            # Plain: an IEEE division, bit-identical to the reference. GELU (already not bit-identical, its exp2
-            # and division are the fast approximations): a multiply, since dividing was most of the kernel's time.
-            v = v * inverse if GELU else tl.math.div_rn(v, scale)
-            if IS_INT8:
-                v = tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -128.0), 127.0)
-            else:
-                v = tl.minimum(tl.maximum(v, -QMAX_C), QMAX_C)
-                if INTERPRETED:
-                    v = _round_to_e4m3_grid(v)
+            v = _quantize_values(_load_activation(x_row + cols, cols < K, GELU), scale, QMAX_C, IS_INT8, INTERPRETED)
             tl.store(q_row + cols, v.to(q_ptr.dtype.element_ty), mask=cols < K)
 
 except ImportError:
@@ -110,9 +143,16 @@ def _launch(x: torch.Tensor, qdtype: torch.dtype, gelu: bool) -> tuple[torch.Ten
     m, k = x.shape
     q = torch.empty((m, k), dtype=qdtype, device=x.device)
     scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
-    block = min(triton.next_power_of_2(k), 4096)
-    _act_quant_kernel[(m,)](x, q, scale, k, x.stride(0), q.stride(0), QMAX_C=QMAX[qdtype], IS_INT8=qdtype == torch.int8,
-                            GELU=gelu, INTERPRETED=_INTERPRET, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    flags = dict(QMAX_C=QMAX[qdtype], IS_INT8=qdtype == torch.int8, GELU=gelu, INTERPRETED=_INTERPRET)
+    width = triton.next_power_of_2(k)
+    if width <= ROW_IN_REGISTERS and k >= MIN_ROW_FILL * width:
+        rows = max(1, min(16, ROW_ELEMENTS_PER_PROGRAM // width))  # short rows: several per program
+        _act_quant_rows_kernel[(triton.cdiv(m, rows),)](x, q, scale, m, k, x.stride(0), q.stride(0), **flags, ROWS=rows,
+                                                        BLOCK=width, num_warps=max(1, min(16, rows * width // 512)))
+    else:
+        block = min(TWO_PASS_BLOCK, width)
+        _act_quant_kernel[(m,)](x, q, scale, k, x.stride(0), q.stride(0), **flags, BLOCK=block,
+                                num_warps=max(1, min(8, block // 256)))
     return q, scale
 
 
