@@ -26,22 +26,27 @@ def results_dir() -> str:
 
 
 def median_seconds(fn, warmup: int, runs: int, device: torch.device) -> float:
-    """Median seconds of fn() over `runs` calls after `warmup` calls: CUDA events on the GPU, wall clock on the CPU."""
+    """Median seconds of fn() over `runs` calls after `warmup` calls: CUDA events on the GPU, wall clock on the CPU.
+
+    On the GPU the calls are queued back to back, each between its own pair of events, and the host waits once at
+    the end: a host sync after every call would leave the GPU idle while the next call is launched, adding launch
+    latency to every sub-millisecond kernel (measured: a 0.14 ms quantization timed at 0.26 ms that way)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
+        torch.cuda.synchronize(device)
+        for start, end in events:
             start.record()
             fn()
             end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+        torch.cuda.synchronize(device)
+        return statistics.median(start.elapsed_time(end) / 1e3 for start, end in events)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 

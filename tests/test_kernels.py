@@ -100,8 +100,8 @@ CHECKS = textwrap.dedent("""
         for qdtype in (torch.int8, torch.float8_e4m3fn):
             check_gelu_quant(m, k, qdtype, seed=i)
 
-    # Rows held in registers (one pass; several short rows per program, a partial last program), rows that would
-    # leave too many lanes idle there (MIN_ROW_FILL) and rows wider than ROW_IN_REGISTERS (two passes).
+    # Rows up to ONE_PASS_MAX_WIDTH (one pass, several rows per program, a partial last program) and wider rows
+    # (two passes over 1,024- and 2,048-wide chunks, a masked last chunk).
     for m, k in ((7, 24), (33, 100), (33, 300), (3, 2500), (2, 20000)):
         g = torch.Generator(device=DEVICE).manual_seed(k)
         x = torch.randn(m, k, generator=g, device=DEVICE) * torch.exp(torch.randn(m, k, generator=g, device=DEVICE))
