@@ -9,6 +9,7 @@ quantization (W8A8), except `weight_only`, which dequantizes W and multiplies in
 The choice is made once per (format, mode, device, token-count class) and logged in one line: the order
 follows bench/quant_linear.py on an H100 (2026-11-24), activation quantization included, per 14B shape:
   fp8,  32,760 tokens: triton 1.47-1.58x bf16, scaled_mm 1.13-1.33x -> triton first
+        (H200, 2026-12-03, after the division-free quantization kernel: triton 1.63-1.76x, scaled_mm 1.48-1.64x)
   fp8,  <= 512 tokens (cross-attention k/v of text and CLIP context): scaled_mm 0.174 ms, triton 0.192 ms
   int8, 32,760 tokens: triton 1.33-1.39x, int_mm 0.5-0.8x (its int32 output round trip) -> triton first
   int8, <= 512 tokens: triton 0.195 ms, int_mm 0.214 ms
