@@ -12,7 +12,8 @@ gives each fp8 GEMM's error against a float64 reference, as a fraction of the su
 Median of --runs after --warmup, CUDA events. The per-block line sums one block's linears (T2V).
 Writes JSON to $OUT or bench/results/quant_linear.json; prints the table last.
 
-  python bench/quant_linear.py [--runs 20] [--warmup 5] [--backends ...] [--tiny]
+  python bench/quant_linear.py [--runs 20] [--warmup 5] [--backends ...] [--tma-tiles 'BM,BN,BK,warps,stages;...'] [--tiny]
+On a GPU with fp8 it also times the 8192^3 GEMM ceilings (bf16 F.linear, fp8 _scaled_mm, our fp8 GEMM).
   (TRITON_INTERPRET=1 with --tiny also runs the Triton backends, interpreted, on the CPU)
 """
 
