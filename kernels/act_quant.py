@@ -74,14 +74,13 @@ try:
         return v
 
     @triton.jit
-    def _quantize_values(v, scale, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr, INTERPRETED: tl.constexpr):
-        """float32 v and its row's scale (absmax / QMAX) -> the 8-bit value of v / scale, as float32."""
+    def _quantize_values(v, scale, reciprocal, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr, INTERPRETED: tl.constexpr):
+        """float32 v, its row's scale (absmax / QMAX) and div_rn(1, scale) -> the 8-bit value of v / scale, as float32."""
         if INTERPRETED:  # the interpreter's fma rounds twice, which the correction below relies on not doing
             v = tl.math.div_rn(v, scale)
         else:
             # v / scale, IEEE-rounded like the reference's division, without a division per element (which made the
             # kernel compute-bound): a product with the rounded reciprocal, then one residual correction (Markstein).
-            reciprocal = tl.math.div_rn(1.0, scale)
             quotient = v * reciprocal
             v = tl.fma(tl.fma(-quotient, scale, v), reciprocal, quotient)
         if IS_INT8:
@@ -106,7 +105,7 @@ try:
         absmax = tl.maximum(tl.max(tl.abs(v), axis=1), 1e-12)
         scale = tl.math.div_rn(absmax, QMAX_C)
         tl.store(s_ptr + rows, scale, mask=rows < M)
-        v = _quantize_values(v, scale[:, None], QMAX_C, IS_INT8, INTERPRETED)
+        v = _quantize_values(v, scale[:, None], tl.math.div_rn(1.0, scale)[:, None], QMAX_C, IS_INT8, INTERPRETED)
         tl.store(q_ptr + rows64[:, None] * stride_q + cols[None, :], v.to(q_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -123,9 +122,11 @@ try:
         row_absmax = tl.maximum(tl.max(absmax, axis=0), 1e-12)
         scale = tl.math.div_rn(row_absmax, QMAX_C)
         tl.store(s_ptr + row, scale)
+        reciprocal = tl.math.div_rn(1.0, scale)
         for start in range(0, K, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            v = _quantize_values(_load_activation(x_row + cols, cols < K, GELU), scale, QMAX_C, IS_INT8, INTERPRETED)
+            v = _quantize_values(_load_activation(x_row + cols, cols < K, GELU), scale, reciprocal, QMAX_C, IS_INT8,
+                                 INTERPRETED)
             tl.store(q_row + cols, v.to(q_ptr.dtype.element_ty), mask=cols < K)
 
 except ImportError:
