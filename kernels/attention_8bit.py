@@ -8,9 +8,12 @@ sageattention's) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/NOTES.md):
 - K is smoothed first: its mean over tokens (per batch, head, channel) is subtracted. That adds the same
   q.mean(K) to every score of a query row, which softmax ignores, and it removes the large shared bias
   trained DiTs have in K, so int8 keeps its resolution for what differs between tokens.
+- Q and K are rotated first (kernels/hadamard.py): a Walsh-Hadamard transform of each head's channels, which leaves
+  every score unchanged and spreads outlier channels over all of them (relative error 4.85e-2 -> 2.8e-2 on the
+  10x-outlier stress inputs, reference at 2,048 tokens).
 - Q and K: int8, absmax / 127 scales: one per token for Q (free in the kernel, which scales score rows),
   one per block of QUANT_BLOCK tokens of a head for K (a scalar per key tile). Q's scales also carry
-  softmax's 1/sqrt(D) and log2(e), so the kernel's scores are already in the exp2 domain. Measured
+  softmax's 1/sqrt(D) and log2(e) (and the rotation's 1/D), so the kernel's scores are already in the exp2 domain. Measured
   alternatives (bench/NOTES.md): fp8 Q/K is 3-4x less accurate; per-token K scales cut the error on inputs
   with 10x outlier channels by ~10% but cost 21% of the kernel's time (a scale per score column).
 - V: float8_e4m3fn with one scale per channel (over all tokens of a head): a per-channel scale factors out
@@ -31,6 +34,8 @@ import math
 import os
 
 import torch
+
+from .hadamard import hadamard_reference
 
 QUANT_BLOCK = 128  # tokens per Q/K scale; the kernel's key tiles divide it
 # P.V operand type: float8_e4m3fn (2x the tensor-core rate) or float16 (~8 more mantissa bits for P and V).
@@ -64,12 +69,20 @@ def v_channel_scales(v: torch.Tensor) -> torch.Tensor:
     return torch.maximum(high.float(), -low.float()).clamp_min(MIN_ABSMAX) / 448.0
 
 
-def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int):
+def q_scale_factor(head_dim: int, rotate: bool = True) -> float:
+    """What Q's int8 scales carry besides absmax / 127: softmax's 1/sqrt(D), log2(e), the rotation's 1/D."""
+    return head_dim ** -0.5 * _LOG2E / (head_dim if rotate else 1)
+
+
+def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int,
+                               rotate: bool = True):
     """x [B, L, H, D] -> (int8 [B, H, Lpad, D], scales [B, H, Lpad / block] float32 incl. scale_factor)."""
     b, length, h, d = x.shape
     xf = x.float().permute(0, 2, 1, 3)
     if mean is not None:
         xf = xf - mean[:, :, None, :]
+    if rotate:
+        xf = hadamard_reference(xf)
     pad = _padded(length) - length
     xf = torch.nn.functional.pad(xf, (0, 0, 0, pad))
     blocks = xf.unflatten(2, (-1, block))
@@ -87,11 +100,11 @@ def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor, pv_dtype) -> t
     return torch.nn.functional.pad(vt, (0, _padded(length) - length)).to(pv_dtype).contiguous()
 
 
-def quantize_qkv_reference(q, k, v, pv_dtype=None):
-    """The kernel's inputs, computed in PyTorch: (q8, q_scale, k8, k_scale, v8t, v_scale)."""
-    sm_scale = q.shape[-1] ** -0.5
-    q8, qs = _quantize_blocks_reference(q, None, sm_scale * _LOG2E, 1)
-    k8, ks = _quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK)
+def quantize_qkv_reference(q, k, v, pv_dtype=None, rotate: bool = True):
+    """The kernel's inputs, computed in PyTorch: (q8, q_scale, k8, k_scale, v8t, v_scale). rotate: the Hadamard
+    rotation of Q and K (False only to measure what it gains)."""
+    q8, qs = _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotate), 1, rotate)
+    k8, ks = _quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK, rotate)
     vs = v_channel_scales(v)
     return q8, qs, k8, ks, _quantize_v_reference(v, vs, pv_dtype or PV_DTYPE), vs
 
@@ -126,6 +139,7 @@ try:
     import triton.language as tl
 
     from .act_quant import _round_to_e4m3_grid
+    from .hadamard import hadamard_rows
 
     @triton.jit
     def _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
@@ -154,14 +168,16 @@ try:
 
     @triton.jit
     def _quantize_qk_kernel(x_ptr, mean_ptr, q_ptr, s_ptr, length, heads, n_blocks, stride_xb, stride_xl, stride_xh,
-                            scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, HEAD_DIM: tl.constexpr,
-                            BLOCK: tl.constexpr):
+                            scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, ROTATE: tl.constexpr,
+                            HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
         rows, cols, valid, x = _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
                                                HEAD_DIM, BLOCK)
         if HAS_MEAN:
             x = tl.where(valid, x - tl.load(mean_ptr + pid_bh * HEAD_DIM + cols)[None, :], 0.0)
+        if ROTATE:
+            x = hadamard_rows(x, BLOCK, HEAD_DIM)
         if PER_ROW:
             q, scale = _int8_per_row(x)
         else:
@@ -271,7 +287,7 @@ def _rows_contiguous(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def quantize_qkv(q, k, v, pv_dtype=None):
+def quantize_qkv(q, k, v, pv_dtype=None, rotate: bool = True):
     """Triton version of quantize_qkv_reference."""
     _check(q, k, v)
     q = _rows_contiguous(q)
@@ -280,12 +296,12 @@ def quantize_qkv(q, k, v, pv_dtype=None):
     q8 = torch.empty((b, h, pq, d), dtype=torch.int8, device=q.device)
     qs = torch.empty((b, h, pq), dtype=torch.float32, device=q.device)
     _quantize_qk_kernel[(pq // QUANT_BLOCK, b * h)](q, qs, q8, qs, lq, h, pq // QUANT_BLOCK, q.stride(0), q.stride(1),
-                                                   q.stride(2), d ** -0.5 * _LOG2E, HAS_MEAN=False, PER_ROW=True, HEAD_DIM=d,
-                                                   BLOCK=QUANT_BLOCK, num_warps=4 if d == 64 else 8)
-    return (q8, qs) + quantize_kv(k, v, pv_dtype)
+                                                   q.stride(2), q_scale_factor(d, rotate), HAS_MEAN=False, PER_ROW=True,
+                                                   ROTATE=rotate, HEAD_DIM=d, BLOCK=QUANT_BLOCK, num_warps=4 if d == 64 else 8)
+    return (q8, qs) + quantize_kv(k, v, pv_dtype, rotate=rotate)
 
 
-def quantize_kv(k, v, pv_dtype=None, k_mean=None):
+def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotate: bool = True):
     """quantize_qkv's K and V outputs (k8, k_scale, v8t, v_scale). k_mean: smoothing_mean(k) [B, H, D] float32 where
     the caller has it already (kernels/norm_rope.py's column sums), which saves a pass over K."""
     _check(k, k, v)
@@ -300,8 +316,8 @@ def quantize_kv(k, v, pv_dtype=None, k_mean=None):
     vs = v_channel_scales(v).contiguous()
     warps = 4 if d == 64 else 8
     _quantize_qk_kernel[(pk // QUANT_BLOCK, b * h)](k, mean, k8, ks, lk, h, pk // QUANT_BLOCK, k.stride(0), k.stride(1),
-                                                   k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
-                                                   num_warps=warps)
+                                                   k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False, ROTATE=rotate, HEAD_DIM=d,
+                                                   BLOCK=QUANT_BLOCK, num_warps=warps)
     _quantize_v_kernel[(pk // QUANT_BLOCK, b * h)](v, vs, v8t, lk, h, pk, v.stride(0), v.stride(1), v.stride(2),
                                                   PV_FP8=v8t.dtype == torch.float8_e4m3fn, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
                                                   num_warps=warps)

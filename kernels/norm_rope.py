@@ -11,8 +11,9 @@ The unfused eager path makes several passes over float32 temporaries; inductor f
 measured at ~2.7x this kernel's bandwidth floor (issue 9).
 
 Two more modes feed the 8-bit attention kernel (kernels/attention_8bit.py) directly:
-- `rms_norm_rope_int8` (queries): attention8's int8 Q [B, H, Lpad, D] with per-token scales x sm_scale x log2(e),
-  from the value rounded to x's dtype, so it equals rms_norm_rope followed by quantize_qkv's Q part bit for bit.
+- `rms_norm_rope_int8` (queries): attention8's Hadamard-rotated int8 Q [B, H, Lpad, D] with per-token scales
+  (x attention_8bit.q_scale_factor), from the value rounded to x's dtype, so it equals rms_norm_rope followed by
+  quantize_qkv's Q part bit for bit.
 - `rms_norm_rope_column_sums` (keys): rms_norm_rope's output plus the float32 column sums of every
   `block`-token block [B, H, Lpad / block, D] (written per program: deterministic, no atomics), so K's smoothing
   mean is a small torch.sum instead of another pass over K.
@@ -26,7 +27,7 @@ import os
 
 import torch
 
-from .attention_8bit import _LOG2E, QUANT_BLOCK, _padded, _quantize_blocks_reference
+from .attention_8bit import QUANT_BLOCK, _padded, _quantize_blocks_reference, q_scale_factor
 
 
 def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int,
@@ -44,7 +45,7 @@ def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: to
 def rms_norm_rope_int8_reference(x, weight, rotations, heads, eps):
     """(int8 Q [B, H, Lpad, D], scales [B, H, Lpad] incl. sm_scale * log2(e)): quantize_qkv_reference's Q part."""
     q = rms_norm_rope_reference(x, weight, rotations, heads, eps)
-    return _quantize_blocks_reference(q, None, q.shape[-1] ** -0.5 * _LOG2E, 1)
+    return _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1]), 1)
 
 
 def rms_norm_rope_column_sums_reference(x, weight, rotations, heads, eps, block: int = QUANT_BLOCK):
@@ -61,6 +62,7 @@ try:
     import triton.language as tl
 
     from .attention_8bit import _int8_per_row
+    from .hadamard import hadamard_rows
 
     @triton.jit
     def _round_to_bf16(x):
@@ -105,7 +107,8 @@ try:
             roped = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), [HEADS_P2, DIM_P2])
             y = _to_dtype(roped, dtype, ROUND_BF16)
             if MODE == 1:
-                q, scale = _int8_per_row(y.to(tl.float32))  # quantize_qkv's per-token Q quantization
+                # quantize_qkv's Q quantization: rotated, one scale per token
+                q, scale = _int8_per_row(hadamard_rows(y.to(tl.float32), HEADS_P2, DIM_P2))
                 head_rows = (b * heads + hs) * padded_len + token  # [HEADS_P2, 1]
                 tl.store(q8_ptr + head_rows * HEAD_DIM + ds, q, mask=in_row)
                 tl.store(scale_ptr + tl.reshape(head_rows, [HEADS_P2]), scale * scale_factor,
@@ -168,7 +171,7 @@ def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1):
     q8 = torch.empty((b, heads, padded, head_dim), dtype=torch.int8, device=x.device)
     scales = torch.empty((b, heads, padded), dtype=torch.float32, device=x.device)
     _launch(1, x, weight, rotations, heads, eps, rows, padded, q8=q8, scales=scales,
-            scale_factor=head_dim ** -0.5 * _LOG2E, padded_len=padded)
+            scale_factor=q_scale_factor(head_dim), padded_len=padded)
     return q8, scales
 
 

@@ -3,9 +3,9 @@
 Three layers of checks:
 - The PyTorch reference of the kernel's algorithm vs exact float32 attention, on inputs shaped like a trained
   DiT's (bench/attention.py's `wan_like`: K with a large shared per-channel bias; "outliers" adds 4 channels
-  at 10x in Q and K). Bounds: cosine >= 0.995 (issue 9); relative error <= 5e-2 without outlier channels and
-  <= 6e-2 with them (measured 4.8-5.2e-2 at 1,024 tokens and 5.1-5.6e-2 at 32,760 on the H100, where
-  sageattention 1.0.6 gives 5.2-6.1e-2 on the same inputs); finite outputs at magnitudes 1e3.
+  at 10x in Q and K). Bounds (issue 9): cosine >= 0.995, relative error <= 5e-2 (with outliers 2.9-3.1e-2 at
+  1,024 tokens on the CPU since Q and K are Hadamard-rotated, 4.8-5.2e-2 before; sageattention 1.0.6 gives
+  5.2-6.1e-2 on the same inputs; without them 3.7-3.9e-2, fp8 P.V's own error); finite outputs at magnitudes 1e3.
 - The Triton kernels vs that reference in Triton's interpreter (CPU, subprocess: TRITON_INTERPRET must be
   set before triton is imported). Quantization is bit-exact. Attention within 5e-3 relative: the kernel
   folds the score offset into one fused multiply-add (rounding ~1e-4 of a score unit) and a few P values then
@@ -30,7 +30,7 @@ from attention import compare, exact_attention, wan_like  # noqa: E402
 from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
 
 kernels = load_kernels()
-REL_ERR_BOUND = {"bias": 5e-2, "outliers": 6e-2}
+REL_ERR_BOUND = 5e-2  # issue 9
 
 
 def wan_inputs(kind, tokens, heads, head_dim, device, seed=0, keys=None):
@@ -55,7 +55,7 @@ def magnified(tensors, magnitude=1e3):
 def test_reference_algorithm_accuracy(kind, head_dim):
     q, k, v = wan_inputs(kind, 1024, 2, head_dim, "cpu")
     result = compare(kernels.attention8_reference(q, k, v), exact_attention(q, k, v))
-    assert result["cosine"] >= 0.995 and result["rel_err"] <= REL_ERR_BOUND[kind], result
+    assert result["cosine"] >= 0.995 and result["rel_err"] <= REL_ERR_BOUND, result
     big = magnified((q, k, v))
     assert torch.isfinite(kernels.attention8_reference(*big)).all()
 
@@ -159,5 +159,5 @@ def test_accuracy_at_wan_shapes_on_gpu(kind, tokens):
     _require_fp8_gpu()
     q, k, v = wan_inputs(kind, tokens, 40, 128, "cuda")
     result = compare(kernels.attention8(q, k, v), exact_attention(q, k, v))
-    assert result["cosine"] >= 0.995 and result["rel_err"] <= REL_ERR_BOUND[kind], result
+    assert result["cosine"] >= 0.995 and result["rel_err"] <= REL_ERR_BOUND, result
     assert torch.isfinite(kernels.attention8(*magnified((q, k, v)))).all()
