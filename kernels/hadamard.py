@@ -40,9 +40,8 @@ try:
     def hadamard_rows(x, ROWS: tl.constexpr, D: tl.constexpr):
         """Each row of float32 x [ROWS, D] times the unnormalised Hadamard matrix (hadamard_reference's butterfly)."""
         for stage in tl.static_range(8):  # D <= 256
-            if (1 << stage) < D:
-                h: tl.constexpr = 1 << stage
-                pairs = tl.permute(tl.reshape(x, [ROWS, D // (2 * h), 2, h]), (0, 1, 3, 2))
+            if (1 << stage) < D:  # pairs 1 << stage apart (no constexpr name: Triton forbids reassigning one)
+                pairs = tl.permute(tl.reshape(x, [ROWS, D // (2 << stage), 2, 1 << stage]), (0, 1, 3, 2))
                 a, b = tl.split(pairs)
                 x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, D])
         return x
