@@ -116,7 +116,7 @@ def main():
             rows.append(row)
             if backend in ("ours", "ours-hopper"):
                 kernel = kernels.attention8 if backend == "ours" else kernels.attention8_hopper
-                quantized = kernels.quantize_qkv(q, k, v)
+                quantized = kernels.quantize_qkv(q, k, v, wgmma_order=backend == "ours-hopper")
                 kernel_only = {"shape": name, "backend": backend + "-kernel", "lq": lq, "lk": lk}
                 kernel_only["s"] = median_seconds(lambda: kernel(q, k, v, quantized=quantized), warmup, runs, device)
                 kernel_only["tflops"] = flops / kernel_only["s"] / 1e12
@@ -163,9 +163,10 @@ def sweep(shape, heads, head_dim, runs, warmup, device, gen):
                  for pv, dtype in (("fp8", torch.float8_e4m3fn), ("fp16", torch.float16))}
     rows = []
     if device.type == "cuda" and kernels.attention8_hopper_supports(q):
+        hopper_quantized = kernels.quantize_qkv(q, k, v, wgmma_order=True)
         for stages in (2, 3, 4):
             def run_hopper():
-                return kernels.attention8_hopper(q, k, v, quantized=quantized["fp8"], stages=stages)
+                return kernels.attention8_hopper(q, k, v, quantized=hopper_quantized, stages=stages)
             rows.append({"tiles": f"hopper, {stages} stages", "pv": "fp8", "split": True,
                          "s": median_seconds(run_hopper, warmup, runs, device), **compare(run_hopper(), ref)})
     for tiles, (pv, split) in cases:

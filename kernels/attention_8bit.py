@@ -93,20 +93,31 @@ def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale
     return q.flatten(2, 3).contiguous(), (scale * scale_factor).contiguous()
 
 
-def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor, pv_dtype) -> torch.Tensor:
-    """v [B, L, H, D] -> pv_dtype [B, H, D, Lpad] (transposed, zero padded)."""
+def wgmma_token_slot(token):
+    """Where V^T keeps a token for the Hopper kernel (kernels/attention_8bit_hopper.py): within each 32 tokens,
+    16 ih + 8 il + 2 c + e goes to 16 ih + 4 c + 2 il + e, the k slot at which that kernel's P tile holds the
+    token's score without moving data between threads. Works on ints and integer tensors."""
+    return (token & ~15) | ((token & 6) << 1) | ((token & 8) >> 2) | (token & 1)
+
+
+def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor, pv_dtype, wgmma_order: bool = False) -> torch.Tensor:
+    """v [B, L, H, D] -> pv_dtype [B, H, D, Lpad] (transposed, zero padded; tokens in wgmma_token_slot order)."""
     length = v.shape[1]
     vt = (v.float().permute(0, 2, 3, 1) / v_scale[..., None]).clamp(-448.0, 448.0)
-    return torch.nn.functional.pad(vt, (0, _padded(length) - length)).to(pv_dtype).contiguous()
+    vt = torch.nn.functional.pad(vt, (0, _padded(length) - length))
+    if wgmma_order:
+        slots = wgmma_token_slot(torch.arange(vt.shape[-1], device=vt.device))
+        vt = torch.empty_like(vt).index_copy_(-1, slots, vt)
+    return vt.to(pv_dtype).contiguous()
 
 
-def quantize_qkv_reference(q, k, v, pv_dtype=None, rotate: bool = True):
+def quantize_qkv_reference(q, k, v, pv_dtype=None, rotate: bool = True, wgmma_order: bool = False):
     """The kernel's inputs, computed in PyTorch: (q8, q_scale, k8, k_scale, v8t, v_scale). rotate: the Hadamard
-    rotation of Q and K (False only to measure what it gains)."""
+    rotation of Q and K (False only to measure what it gains); wgmma_order: V^T for the Hopper kernel."""
     q8, qs = _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotate), 1, rotate)
     k8, ks = _quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK, rotate)
     vs = v_channel_scales(v)
-    return q8, qs, k8, ks, _quantize_v_reference(v, vs, pv_dtype or PV_DTYPE), vs
+    return q8, qs, k8, ks, _quantize_v_reference(v, vs, pv_dtype or PV_DTYPE, wgmma_order), vs
 
 
 def attention8_reference(q, k, v, block_n: int = 64, quantized=None):
@@ -191,8 +202,13 @@ try:
             tl.store(s_ptr + pid_bh * n_blocks + pid_blk, scale * scale_factor)
 
     @triton.jit
+    def _wgmma_token_slot(token):
+        """wgmma_token_slot in Triton."""
+        return (token & ~15) | ((token & 6) << 1) | ((token & 8) >> 2) | (token & 1)
+
+    @triton.jit
     def _quantize_v_kernel(x_ptr, scale_ptr, vt_ptr, length, heads, padded_len, stride_xb, stride_xl, stride_xh,
-                           PV_FP8: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+                           PV_FP8: tl.constexpr, WGMMA_ORDER: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
         rows, cols, _, x = _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
@@ -201,7 +217,8 @@ try:
         x = tl.minimum(tl.maximum(x, -448.0), 448.0)
         if PV_FP8:
             x = _round_to_e4m3_grid(x)
-        vt_ptrs = vt_ptr + pid_bh.to(tl.int64) * HEAD_DIM * padded_len + cols[None, :] * padded_len + rows[:, None]
+        slots = _wgmma_token_slot(rows) if WGMMA_ORDER else rows
+        vt_ptrs = vt_ptr + pid_bh.to(tl.int64) * HEAD_DIM * padded_len + cols[None, :] * padded_len + slots[:, None]
         tl.store(vt_ptrs, x.to(vt_ptr.dtype.element_ty))
 
     @triton.jit
@@ -287,7 +304,7 @@ def _rows_contiguous(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def quantize_qkv(q, k, v, pv_dtype=None, rotate: bool = True):
+def quantize_qkv(q, k, v, pv_dtype=None, rotate: bool = True, wgmma_order: bool = False):
     """Triton version of quantize_qkv_reference."""
     _check(q, k, v)
     q = _rows_contiguous(q)
@@ -298,10 +315,10 @@ def quantize_qkv(q, k, v, pv_dtype=None, rotate: bool = True):
     _quantize_qk_kernel[(pq // QUANT_BLOCK, b * h)](q, qs, q8, qs, lq, h, pq // QUANT_BLOCK, q.stride(0), q.stride(1),
                                                    q.stride(2), q_scale_factor(d, rotate), HAS_MEAN=False, PER_ROW=True,
                                                    ROTATE=rotate, HEAD_DIM=d, BLOCK=QUANT_BLOCK, num_warps=4 if d == 64 else 8)
-    return (q8, qs) + quantize_kv(k, v, pv_dtype, rotate=rotate)
+    return (q8, qs) + quantize_kv(k, v, pv_dtype, rotate=rotate, wgmma_order=wgmma_order)
 
 
-def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotate: bool = True):
+def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotate: bool = True, wgmma_order: bool = False):
     """quantize_qkv's K and V outputs (k8, k_scale, v8t, v_scale). k_mean: smoothing_mean(k) [B, H, D] float32 where
     the caller has it already (kernels/norm_rope.py's column sums), which saves a pass over K."""
     _check(k, k, v)
@@ -319,8 +336,8 @@ def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotate: bool = True):
                                                    k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False, ROTATE=rotate, HEAD_DIM=d,
                                                    BLOCK=QUANT_BLOCK, num_warps=warps)
     _quantize_v_kernel[(pk // QUANT_BLOCK, b * h)](v, vs, v8t, lk, h, pk, v.stride(0), v.stride(1), v.stride(2),
-                                                  PV_FP8=v8t.dtype == torch.float8_e4m3fn, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
-                                                  num_warps=warps)
+                                                  PV_FP8=v8t.dtype == torch.float8_e4m3fn, WGMMA_ORDER=wgmma_order, HEAD_DIM=d,
+                                                  BLOCK=QUANT_BLOCK, num_warps=warps)
     return k8, ks, v8t, vs
 
 

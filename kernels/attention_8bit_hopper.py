@@ -50,6 +50,16 @@ try:
         return p, m_new, l_i * alpha + gl.sum(p, axis=1), alpha
 
     @gluon.jit
+    def _pv_operand(p, p_layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+        """P as fp8 in the P.V wgmma's register layout, without moving data between threads."""
+        # Score column n = 32 kb + 16 ih + 8 il + 2 c + e goes to k slot 32 kb + 16 ih + 4 c + 2 il + e: the wgmma
+        # accumulator gives a thread columns 2c, 2c + 1 of every 8, its fp8 A operand wants k = 4c .. 4c + 3 of every
+        # 16. V^T holds its tokens in the same order (attention_8bit.wgmma_token_slot), so P.V is unchanged.
+        x = gl.reshape(p.to(gl.float8e4nv), [BLOCK_M, BLOCK_N // 32, 2, 2, 4, 2])
+        x = gl.reshape(gl.permute(x, (0, 1, 2, 4, 3, 5)), [BLOCK_M, BLOCK_N])
+        return gl.convert_layout(x, p_layout, assert_trivial=True)
+
+    @gluon.jit
     def _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, tile, stage, k_row0, v_row0, pred,
                  BLOCK_N: gl.constexpr):
         mbarrier.expect(k_bars.index(stage), k_desc.block_type.nbytes, pred=pred)
@@ -107,7 +117,7 @@ try:
         p, m_i, l_i, alpha = _softmax_tile(s, gl.full([BLOCK_M], float("-inf"), gl.float32, rows_layout),
                                            gl.zeros([BLOCK_M], gl.float32, rows_layout), row_scale, gl.load(ks_base),
                                            0, length_k, s_layout, BLOCK_N)
-        p_prev = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
+        p_prev = _pv_operand(p, p_layout, BLOCK_M, BLOCK_N)
         acc = o_zero
         alpha_prev = gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))
         for j in range(1, n_tiles):
@@ -126,7 +136,7 @@ try:
             # Both wgmmas that read stage `prev` are done: refill it with the tile STAGES ahead.
             _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, j - 1 + STAGES, prev, k_row0, v_row0,
                      j - 1 + STAGES < n_tiles, BLOCK_N)
-            p_prev = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
+            p_prev = _pv_operand(p, p_layout, BLOCK_M, BLOCK_N)
             alpha_prev = gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))
         last = n_tiles - 1
         mbarrier.wait(v_bars.index(last % STAGES), (last // STAGES) & 1)
@@ -169,13 +179,14 @@ def _descriptor(x: torch.Tensor, block_shape: list[int], dtype) -> "TensorDescri
 
 
 def attention8_hopper(q, k, v, quantized=None, stages: int = STAGES):
-    """attention8 with the pipelined Hopper kernel; same inputs and output ([B, Lq, H, D] in q's dtype)."""
+    """attention8 with the pipelined Hopper kernel, [B, Lq, H, D] in q's dtype. quantized: quantize_qkv(...,
+    wgmma_order=True)'s output (V^T's tokens in the order this kernel's P tile has them)."""
     _check(q, k, v)
     if not supports(q):
         raise RuntimeError("attention8_hopper needs a Hopper GPU (sm_90), head dim 128 and Triton with Gluon")
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv(q, k, v)
+    q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv(q, k, v, wgmma_order=True)
     if v8t.dtype != torch.float8_e4m3fn or BLOCK_N != QUANT_BLOCK:
         raise ValueError("attention8_hopper takes fp8 V (quantize_qkv's default) and one K scale per key tile")
     pq, pk = q8.shape[2], k8.shape[2]
