@@ -5,9 +5,8 @@ cross-attention 32,760 queries x 512 text tokens and x 257 image tokens (--head-
 Inputs are bf16, shaped like a trained DiT's: Q and K carry a few outlier channels (10x), K a large shared bias (what smoothing removes).
 Backends: sdpa (PyTorch's choice: cuDNN on the H100), sdpa-flash (its FlashAttention-2), sage (sageattention
 1.0.6, when installed), flash (flash-attn, when installed), ours (`lightx2v-int8`: quantization + kernel) and
-ours-kernel (the attention kernel alone, inputs already quantized), ours-quant (Q/K/V quantization alone; quant-norot
-without the Hadamard rotation of Q and K, ours-norot: the accuracy without it), ours-hopper (the pipelined Gluon
-kernel for Hopper, kernels/attention_8bit_hopper.py, with the same quantization; where supported). Accuracy: cosine and relative error of
+ours-kernel (the attention kernel alone, inputs already quantized), ours-quant (Q/K/V quantization alone), ours-rotN
+(the quantization's time and the attention's accuracy with N-channel Hadamard blocks instead of the default; rot1: none). Accuracy: cosine and relative error of
 each backend vs float32 attention (computed per head group, in float32), NaN/Inf check at magnitudes 1e3.
 Median of --runs after --warmup, CUDA events. Writes JSON to $OUT or bench/results/attention.json.
 
@@ -31,6 +30,7 @@ from lightx2v_nodes.wan.attention import attention_function  # noqa: E402
 
 kernels = load_kernels()
 
+ROTATION_BLOCKS = (1, 8, 16, 32, 128)
 # name: (query tokens, key tokens)
 FULL_SHAPES = {"self-1024": (1024, 1024), "self-8192": (8192, 8192), "self-32760": (32760, 32760),
                "self-75600": (75600, 75600), "cross-512": (32760, 512), "cross-257": (32760, 257)}
@@ -69,8 +69,6 @@ def backends(device):
             except Exception:  # noqa: BLE001 - a package that is not installed is just not compared
                 pass
     found["ours"] = lambda q, k, v: kernels.attention8(q, k, v)
-    if device.type == "cuda" and kernels.attention8_hopper_supports(torch.empty(1, 1, 1, 128, device=device)):
-        found["ours-hopper"] = lambda q, k, v: kernels.attention8_hopper(q, k, v)
     return found
 
 
@@ -114,22 +112,22 @@ def main():
             row.update(compare(fn(q, k, v).reshape(ref.shape), ref))
             row["finite_at_1e3"] = bool(torch.isfinite(fn(*big)).all())
             rows.append(row)
-            if backend in ("ours", "ours-hopper"):
-                kernel = kernels.attention8 if backend == "ours" else kernels.attention8_hopper
-                quantized = kernels.quantize_qkv(q, k, v, wgmma_order=backend == "ours-hopper")
-                kernel_only = {"shape": name, "backend": backend + "-kernel", "lq": lq, "lk": lk}
-                kernel_only["s"] = median_seconds(lambda: kernel(q, k, v, quantized=quantized), warmup, runs, device)
-                kernel_only["tflops"] = flops / kernel_only["s"] / 1e12
-                rows.append(kernel_only)
             if backend == "ours":
-                rows[-1]["config"] = str(kernels.ATTENTION_TILES)
-                for rotate in (True, False):
-                    quant_s = median_seconds(lambda: kernels.quantize_qkv(q, k, v, rotate=rotate), warmup, runs, device)
-                    rows.append({"shape": name, "backend": "ours-quant" if rotate else "quant-norot", "lq": lq,
-                                 "lk": lk, "s": quant_s, "tflops": 0.0})
-                unrotated = kernels.quantize_qkv(q, k, v, rotate=False)
-                rows.append({"shape": name, "backend": "ours-norot", "lq": lq, "lk": lk, "s": 0.0, "tflops": 0.0,
-                             **compare(kernels.attention8(q, k, v, quantized=unrotated), ref), "finite_at_1e3": True})
+                quantized = kernels.quantize_qkv(q, k, v)
+                kernel_only = {"shape": name, "backend": "ours-kernel", "lq": lq, "lk": lk}
+                kernel_only["s"] = median_seconds(lambda: kernels.attention8(q, k, v, quantized=quantized), warmup, runs, device)
+                kernel_only["tflops"] = flops / kernel_only["s"] / 1e12
+                kernel_only["config"] = str(kernels.ATTENTION_TILES)
+                rows.append(kernel_only)
+                quant_s = median_seconds(lambda: kernels.quantize_qkv(q, k, v), warmup, runs, device)
+                rows.append({"shape": name, "backend": "ours-quant", "lq": lq, "lk": lk, "s": quant_s, "tflops": 0.0})
+                for block in ROTATION_BLOCKS:  # the other Hadamard block sizes: quantization time and accuracy
+                    if block != kernels.attention_8bit.ROTATION_BLOCK:
+                        rotated = kernels.quantize_qkv(q, k, v, rotation_block=block)
+                        rows.append({"shape": name, "backend": f"ours-rot{block}", "lq": lq, "lk": lk,
+                                     "s": median_seconds(lambda: kernels.quantize_qkv(q, k, v, rotation_block=block),
+                                                         warmup, runs, device), "tflops": 0.0,
+                                     **compare(kernels.attention8(q, k, v, quantized=rotated), ref), "finite_at_1e3": True})
         del q, k, v, ref, big
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -162,13 +160,6 @@ def sweep(shape, heads, head_dim, runs, warmup, device, gen):
     quantized = {pv: kernels.quantize_qkv(q, k, v, pv_dtype=dtype)
                  for pv, dtype in (("fp8", torch.float8_e4m3fn), ("fp16", torch.float16))}
     rows = []
-    if device.type == "cuda" and kernels.attention8_hopper_supports(q):
-        hopper_quantized = kernels.quantize_qkv(q, k, v, wgmma_order=True)
-        for stages in (2, 3, 4):
-            def run_hopper():
-                return kernels.attention8_hopper(q, k, v, quantized=hopper_quantized, stages=stages)
-            rows.append({"tiles": f"hopper, {stages} stages", "pv": "fp8", "split": True,
-                         "s": median_seconds(run_hopper, warmup, runs, device), **compare(run_hopper(), ref)})
     for tiles, (pv, split) in cases:
         def run():
             return kernels.attention8(q, k, v, quantized=quantized[pv], tiles=tiles, split_accumulation=split)

@@ -6,7 +6,8 @@ Rows:
   eager         the model's unfused ops (nn.RMSNorm, head split, apply_rope's complex multiply)
   compiled      the same ops under torch.compile (inductor; the real-valued RoPE the compiled model uses)
   fused         kernels.rms_norm_rope (bf16 out; fused-rows4: 4 tokens per program instead of 1)
-  fused-int8q   kernels.rms_norm_rope_int8 (attention8's int8 Q + scales, for lightx2v-int8)
+  fused-int8q   kernels.rms_norm_rope_int8 (attention8's int8 Q + scales, for lightx2v-int8; -rotN: its Hadamard
+                rotation in N-channel blocks instead of the default, rot1: none)
   fused-ksums   kernels.rms_norm_rope_column_sums (bf16 K + per-128-token column sums, for lightx2v-int8;
                 fused-ksums32: sums per 32 tokens, 4x the programs, in case 128-token programs starve the GPU)
   attn-unfused  lightx2v-int8 self-attention (14B only): eager norm + RoPE of q and k, then the backend
@@ -116,6 +117,11 @@ def run_shape(shape, heads, head_dim, blocks, grid, device, args, compile_backen
         rows.append(measure("fused-int8q", lambda: kernels.rms_norm_rope_int8(x, norm.weight, rotations, heads, EPS),
                             least_bytes(x, heads, 1, extra=heads * ref8[1].shape[-1] * 4), device, args, shape,
                             per_step, vs_int8_reference))
+        for block in (1, 8, 16):  # Q's Hadamard rotation in smaller blocks (1: none) than the default
+            rows.append(measure(f"fused-int8q-rot{block}",
+                                lambda: kernels.rms_norm_rope_int8(x, norm.weight, rotations, heads, EPS, rotation_block=block),
+                                least_bytes(x, heads, 1, extra=heads * ref8[1].shape[-1] * 4), device, args, shape,
+                                per_step, lambda out: {}))
         sums_bytes = heads * -(-x.shape[1] // 128) * head_dim * 4
         rows.append(measure("fused-ksums", lambda: kernels.rms_norm_rope_column_sums(x, norm.weight, rotations, heads, EPS),
                             least_bytes(x, heads, 2, extra=sums_bytes), device, args, shape, per_step,

@@ -13,8 +13,6 @@ except ImportError:  # the references below still work
 
 from .attention_8bit import (ATTENTION_TILES, attention8, attention8_reference, quantize_kv,  # noqa: E402
                              quantize_qkv, quantize_qkv_reference)
-from .attention_8bit_hopper import attention8_hopper  # noqa: E402
-from .attention_8bit_hopper import supports as attention8_hopper_supports  # noqa: E402
 from .lowrank_add import lowrank_add_, lowrank_add_reference  # noqa: E402
 from .act_quant import (gelu_quantize_per_token, gelu_quantize_per_token_reference,  # noqa: E402
                         quantize_per_token, quantize_per_token_reference)
@@ -22,4 +20,4 @@ from .scaled_gemm import scaled_gemm, scaled_gemm_reference  # noqa: E402
 from .norm_rope import (rms_norm_rope, rms_norm_rope_column_sums, rms_norm_rope_column_sums_reference,  # noqa: E402
                         rms_norm_rope_int8, rms_norm_rope_int8_reference, rms_norm_rope_reference)
 
-__all__ = ["TRITON_AVAILABLE", "ATTENTION_TILES", "attention8", "attention8_reference", "quantize_kv", "quantize_qkv", "quantize_qkv_reference", "attention8_hopper", "attention8_hopper_supports", "lowrank_add_", "lowrank_add_reference", "gelu_quantize_per_token", "gelu_quantize_per_token_reference", "quantize_per_token", "quantize_per_token_reference", "scaled_gemm", "scaled_gemm_reference", "rms_norm_rope", "rms_norm_rope_reference", "rms_norm_rope_int8", "rms_norm_rope_int8_reference", "rms_norm_rope_column_sums", "rms_norm_rope_column_sums_reference"]
+__all__ = ["TRITON_AVAILABLE", "ATTENTION_TILES", "attention8", "attention8_reference", "quantize_kv", "quantize_qkv", "quantize_qkv_reference", "lowrank_add_", "lowrank_add_reference", "gelu_quantize_per_token", "gelu_quantize_per_token_reference", "quantize_per_token", "quantize_per_token_reference", "scaled_gemm", "scaled_gemm_reference", "rms_norm_rope", "rms_norm_rope_reference", "rms_norm_rope_int8", "rms_norm_rope_int8_reference", "rms_norm_rope_column_sums", "rms_norm_rope_column_sums_reference"]

@@ -38,6 +38,8 @@ import torch
 from .hadamard import hadamard_reference
 
 QUANT_BLOCK = 128  # tokens per Q/K scale; the kernel's key tiles divide it
+# Channels per Hadamard block of Q and K (kernels/hadamard.py); 1 = no rotation.
+ROTATION_BLOCK = 128
 # P.V operand type: float8_e4m3fn (2x the tensor-core rate) or float16 (~8 more mantissa bits for P and V).
 PV_DTYPE = torch.float8_e4m3fn
 # Add each key tile's P.V product to the float32 accumulator in registers rather than passing the accumulator
@@ -69,20 +71,20 @@ def v_channel_scales(v: torch.Tensor) -> torch.Tensor:
     return torch.maximum(high.float(), -low.float()).clamp_min(MIN_ABSMAX) / 448.0
 
 
-def q_scale_factor(head_dim: int, rotate: bool = True) -> float:
-    """What Q's int8 scales carry besides absmax / 127: softmax's 1/sqrt(D), log2(e), the rotation's 1/D."""
-    return head_dim ** -0.5 * _LOG2E / (head_dim if rotate else 1)
+def q_scale_factor(head_dim: int, rotation_block: int = ROTATION_BLOCK) -> float:
+    """What Q's int8 scales carry besides absmax / 127: softmax's 1/sqrt(D), log2(e), the rotation's 1/block."""
+    return head_dim ** -0.5 * _LOG2E / min(rotation_block, head_dim)
 
 
 def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int,
-                               rotate: bool = True):
+                               rotation_block: int = ROTATION_BLOCK):
     """x [B, L, H, D] -> (int8 [B, H, Lpad, D], scales [B, H, Lpad / block] float32 incl. scale_factor)."""
     b, length, h, d = x.shape
     xf = x.float().permute(0, 2, 1, 3)
     if mean is not None:
         xf = xf - mean[:, :, None, :]
-    if rotate:
-        xf = hadamard_reference(xf)
+    if rotation_block > 1:
+        xf = hadamard_reference(xf, min(rotation_block, d))
     pad = _padded(length) - length
     xf = torch.nn.functional.pad(xf, (0, 0, 0, pad))
     blocks = xf.unflatten(2, (-1, block))
@@ -93,31 +95,20 @@ def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale
     return q.flatten(2, 3).contiguous(), (scale * scale_factor).contiguous()
 
 
-def wgmma_token_slot(token):
-    """Where V^T keeps a token for the Hopper kernel (kernels/attention_8bit_hopper.py): within each 32 tokens,
-    16 ih + 8 il + 2 c + e goes to 16 ih + 4 c + 2 il + e, the k slot at which that kernel's P tile holds the
-    token's score without moving data between threads. Works on ints and integer tensors."""
-    return (token & ~15) | ((token & 6) << 1) | ((token & 8) >> 2) | (token & 1)
-
-
-def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor, pv_dtype, wgmma_order: bool = False) -> torch.Tensor:
-    """v [B, L, H, D] -> pv_dtype [B, H, D, Lpad] (transposed, zero padded; tokens in wgmma_token_slot order)."""
+def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor, pv_dtype) -> torch.Tensor:
+    """v [B, L, H, D] -> pv_dtype [B, H, D, Lpad] (transposed, zero padded)."""
     length = v.shape[1]
     vt = (v.float().permute(0, 2, 3, 1) / v_scale[..., None]).clamp(-448.0, 448.0)
-    vt = torch.nn.functional.pad(vt, (0, _padded(length) - length))
-    if wgmma_order:
-        slots = wgmma_token_slot(torch.arange(vt.shape[-1], device=vt.device))
-        vt = torch.empty_like(vt).index_copy_(-1, slots, vt)
-    return vt.to(pv_dtype).contiguous()
+    return torch.nn.functional.pad(vt, (0, _padded(length) - length)).to(pv_dtype).contiguous()
 
 
-def quantize_qkv_reference(q, k, v, pv_dtype=None, rotate: bool = True, wgmma_order: bool = False):
-    """The kernel's inputs, computed in PyTorch: (q8, q_scale, k8, k_scale, v8t, v_scale). rotate: the Hadamard
-    rotation of Q and K (False only to measure what it gains); wgmma_order: V^T for the Hopper kernel."""
-    q8, qs = _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotate), 1, rotate)
-    k8, ks = _quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK, rotate)
+def quantize_qkv_reference(q, k, v, pv_dtype=None, rotation_block: int = ROTATION_BLOCK):
+    """The kernel's inputs, computed in PyTorch: (q8, q_scale, k8, k_scale, v8t, v_scale). rotation_block: channels
+    per Hadamard block of Q and K (1: none; other values only to measure what the default gains)."""
+    q8, qs = _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotation_block), 1, rotation_block)
+    k8, ks = _quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK, rotation_block)
     vs = v_channel_scales(v)
-    return q8, qs, k8, ks, _quantize_v_reference(v, vs, pv_dtype or PV_DTYPE, wgmma_order), vs
+    return q8, qs, k8, ks, _quantize_v_reference(v, vs, pv_dtype or PV_DTYPE), vs
 
 
 def attention8_reference(q, k, v, block_n: int = 64, quantized=None):
@@ -179,7 +170,7 @@ try:
 
     @triton.jit
     def _quantize_qk_kernel(x_ptr, mean_ptr, q_ptr, s_ptr, length, heads, n_blocks, stride_xb, stride_xl, stride_xh,
-                            scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, ROTATE: tl.constexpr,
+                            scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, ROTATION: tl.constexpr,
                             HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -187,8 +178,8 @@ try:
                                                HEAD_DIM, BLOCK)
         if HAS_MEAN:
             x = tl.where(valid, x - tl.load(mean_ptr + pid_bh * HEAD_DIM + cols)[None, :], 0.0)
-        if ROTATE:
-            x = hadamard_rows(x, BLOCK, HEAD_DIM)
+        if ROTATION > 1:
+            x = hadamard_rows(x, BLOCK, HEAD_DIM, ROTATION)
         if PER_ROW:
             q, scale = _int8_per_row(x)
         else:
@@ -202,13 +193,8 @@ try:
             tl.store(s_ptr + pid_bh * n_blocks + pid_blk, scale * scale_factor)
 
     @triton.jit
-    def _wgmma_token_slot(token):
-        """wgmma_token_slot in Triton."""
-        return (token & ~15) | ((token & 6) << 1) | ((token & 8) >> 2) | (token & 1)
-
-    @triton.jit
     def _quantize_v_kernel(x_ptr, scale_ptr, vt_ptr, length, heads, padded_len, stride_xb, stride_xl, stride_xh,
-                           PV_FP8: tl.constexpr, WGMMA_ORDER: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+                           PV_FP8: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
         rows, cols, _, x = _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
@@ -217,8 +203,7 @@ try:
         x = tl.minimum(tl.maximum(x, -448.0), 448.0)
         if PV_FP8:
             x = _round_to_e4m3_grid(x)
-        slots = _wgmma_token_slot(rows) if WGMMA_ORDER else rows
-        vt_ptrs = vt_ptr + pid_bh.to(tl.int64) * HEAD_DIM * padded_len + cols[None, :] * padded_len + slots[:, None]
+        vt_ptrs = vt_ptr + pid_bh.to(tl.int64) * HEAD_DIM * padded_len + cols[None, :] * padded_len + rows[:, None]
         tl.store(vt_ptrs, x.to(vt_ptr.dtype.element_ty))
 
     @triton.jit
@@ -304,7 +289,7 @@ def _rows_contiguous(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def quantize_qkv(q, k, v, pv_dtype=None, rotate: bool = True, wgmma_order: bool = False):
+def quantize_qkv(q, k, v, pv_dtype=None, rotation_block: int = ROTATION_BLOCK):
     """Triton version of quantize_qkv_reference."""
     _check(q, k, v)
     q = _rows_contiguous(q)
@@ -313,12 +298,12 @@ def quantize_qkv(q, k, v, pv_dtype=None, rotate: bool = True, wgmma_order: bool 
     q8 = torch.empty((b, h, pq, d), dtype=torch.int8, device=q.device)
     qs = torch.empty((b, h, pq), dtype=torch.float32, device=q.device)
     _quantize_qk_kernel[(pq // QUANT_BLOCK, b * h)](q, qs, q8, qs, lq, h, pq // QUANT_BLOCK, q.stride(0), q.stride(1),
-                                                   q.stride(2), q_scale_factor(d, rotate), HAS_MEAN=False, PER_ROW=True,
-                                                   ROTATE=rotate, HEAD_DIM=d, BLOCK=QUANT_BLOCK, num_warps=4 if d == 64 else 8)
-    return (q8, qs) + quantize_kv(k, v, pv_dtype, rotate=rotate, wgmma_order=wgmma_order)
+                                                   q.stride(2), q_scale_factor(d, rotation_block), HAS_MEAN=False,
+                                                   PER_ROW=True, ROTATION=min(rotation_block, d), HEAD_DIM=d, BLOCK=QUANT_BLOCK, num_warps=4 if d == 64 else 8)
+    return (q8, qs) + quantize_kv(k, v, pv_dtype, rotation_block=rotation_block)
 
 
-def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotate: bool = True, wgmma_order: bool = False):
+def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotation_block: int = ROTATION_BLOCK):
     """quantize_qkv's K and V outputs (k8, k_scale, v8t, v_scale). k_mean: smoothing_mean(k) [B, H, D] float32 where
     the caller has it already (kernels/norm_rope.py's column sums), which saves a pass over K."""
     _check(k, k, v)
@@ -333,11 +318,11 @@ def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotate: bool = True, wgmma_ord
     vs = v_channel_scales(v).contiguous()
     warps = 4 if d == 64 else 8
     _quantize_qk_kernel[(pk // QUANT_BLOCK, b * h)](k, mean, k8, ks, lk, h, pk // QUANT_BLOCK, k.stride(0), k.stride(1),
-                                                   k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False, ROTATE=rotate, HEAD_DIM=d,
+                                                   k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False, ROTATION=min(rotation_block, d), HEAD_DIM=d,
                                                    BLOCK=QUANT_BLOCK, num_warps=warps)
     _quantize_v_kernel[(pk // QUANT_BLOCK, b * h)](v, vs, v8t, lk, h, pk, v.stride(0), v.stride(1), v.stride(2),
-                                                  PV_FP8=v8t.dtype == torch.float8_e4m3fn, WGMMA_ORDER=wgmma_order, HEAD_DIM=d,
-                                                  BLOCK=QUANT_BLOCK, num_warps=warps)
+                                                  PV_FP8=v8t.dtype == torch.float8_e4m3fn, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
+                                                  num_warps=warps)
     return k8, ks, v8t, vs
 
 

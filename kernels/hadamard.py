@@ -20,11 +20,12 @@ from __future__ import annotations
 import torch
 
 
-def hadamard_reference(x: torch.Tensor) -> torch.Tensor:
-    """x [..., D] (D a power of 2) times the unnormalised D x D Hadamard matrix, in x's dtype."""
+def hadamard_reference(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Each run of `block` channels of x [..., D] (block a power of 2 dividing D) times the unnormalised
+    block x block Hadamard matrix, in x's dtype; block = D rotates all channels together."""
     d = x.shape[-1]
     h = 1
-    while h < d:
+    while h < block:
         pairs = x.unflatten(-1, (d // (2 * h), 2, h))
         a, b = pairs[..., 0, :], pairs[..., 1, :]
         x = torch.stack((a + b, a - b), dim=-2).flatten(-3)
@@ -37,10 +38,10 @@ try:
     import triton.language as tl
 
     @triton.jit
-    def hadamard_rows(x, ROWS: tl.constexpr, D: tl.constexpr):
-        """Each row of float32 x [ROWS, D] times the unnormalised Hadamard matrix (hadamard_reference's butterfly)."""
-        for stage in tl.static_range(8):  # D <= 256
-            if (1 << stage) < D:  # pairs 1 << stage apart (no constexpr name: Triton forbids reassigning one)
+    def hadamard_rows(x, ROWS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
+        """hadamard_reference(x, BLOCK) of float32 x [ROWS, D], with the same butterfly."""
+        for stage in tl.static_range(8):  # BLOCK <= 256
+            if (1 << stage) < BLOCK:  # pairs 1 << stage apart (no constexpr name: Triton forbids reassigning one)
                 pairs = tl.permute(tl.reshape(x, [ROWS, D // (2 << stage), 2, 1 << stage]), (0, 1, 3, 2))
                 a, b = tl.split(pairs)
                 x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, D])

@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from .attention_8bit import QUANT_BLOCK, _padded, _quantize_blocks_reference, q_scale_factor
+from .attention_8bit import QUANT_BLOCK, ROTATION_BLOCK, _padded, _quantize_blocks_reference, q_scale_factor
 
 
 def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int,
@@ -42,10 +42,10 @@ def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: to
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).to(x.dtype)
 
 
-def rms_norm_rope_int8_reference(x, weight, rotations, heads, eps):
+def rms_norm_rope_int8_reference(x, weight, rotations, heads, eps, rotation_block: int = ROTATION_BLOCK):
     """(int8 Q [B, H, Lpad, D], scales [B, H, Lpad] incl. sm_scale * log2(e)): quantize_qkv_reference's Q part."""
     q = rms_norm_rope_reference(x, weight, rotations, heads, eps)
-    return _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1]), 1)
+    return _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotation_block), 1, rotation_block)
 
 
 def rms_norm_rope_column_sums_reference(x, weight, rotations, heads, eps, block: int = QUANT_BLOCK):
@@ -81,7 +81,7 @@ try:
     def _norm_rope_kernel(x_ptr, w_ptr, rot_ptr, out_ptr, q8_ptr, scale_ptr, sums_ptr, length, heads,
                           dim, stride_xb, stride_xl, stride_ob, stride_ol, eps, scale_factor, padded_len,
                           MODE: tl.constexpr, HEAD_DIM: tl.constexpr, HEADS_P2: tl.constexpr, DIM_P2: tl.constexpr,
-                          ROWS: tl.constexpr, ROUND_BF16: tl.constexpr):
+                          ROWS: tl.constexpr, ROUND_BF16: tl.constexpr, ROTATION: tl.constexpr):
         """MODE 0: write [B, L, H, D]; 1: int8 Q + scales (programs cover padded_len tokens); 2: as 0 + column sums."""
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -108,7 +108,7 @@ try:
             y = _to_dtype(roped, dtype, ROUND_BF16)
             if MODE == 1:
                 # quantize_qkv's Q quantization: rotated, one scale per token
-                q, scale = _int8_per_row(hadamard_rows(y.to(tl.float32), HEADS_P2, DIM_P2))
+                q, scale = _int8_per_row(hadamard_rows(y.to(tl.float32), HEADS_P2, DIM_P2, ROTATION))
                 head_rows = (b * heads + hs) * padded_len + token  # [HEADS_P2, 1]
                 tl.store(q8_ptr + head_rows * HEAD_DIM + ds, q, mask=in_row)
                 tl.store(scale_ptr + tl.reshape(head_rows, [HEADS_P2]), scale * scale_factor,
@@ -127,7 +127,7 @@ except ImportError:
 
 
 def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=None, scales=None, sums=None,
-            scale_factor=1.0, padded_len=0):
+            scale_factor=1.0, padded_len=0, rotation_block=1):
     if triton is None:
         raise RuntimeError("Triton is not installed")
     b, length, dim = x.shape
@@ -148,7 +148,7 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
         sums if sums is not None else x, length, heads, dim, x.stride(0), x.stride(1),
         out.stride(0), out.stride(1), float(eps), float(scale_factor), padded_len, MODE=mode, HEAD_DIM=head_dim,
         HEADS_P2=heads_p2, DIM_P2=dim_p2, ROWS=rows, ROUND_BF16=_INTERPRET and x.dtype == torch.bfloat16,
-        num_warps=warps)
+        ROTATION=min(rotation_block, dim_p2), num_warps=warps)
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int, eps: float,
@@ -159,7 +159,7 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor
     return out
 
 
-def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1):
+def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1, rotation_block: int = ROTATION_BLOCK):
     """Triton version of rms_norm_rope_int8_reference: (int8 [B, H, Lpad, D], scales [B, H, Lpad] float32)."""
     b, length, dim = x.shape
     padded = _padded(length)
@@ -171,7 +171,7 @@ def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1):
     q8 = torch.empty((b, heads, padded, head_dim), dtype=torch.int8, device=x.device)
     scales = torch.empty((b, heads, padded), dtype=torch.float32, device=x.device)
     _launch(1, x, weight, rotations, heads, eps, rows, padded, q8=q8, scales=scales,
-            scale_factor=q_scale_factor(head_dim), padded_len=padded)
+            scale_factor=q_scale_factor(head_dim, rotation_block), padded_len=padded, rotation_block=rotation_block)
     return q8, scales
 
 
