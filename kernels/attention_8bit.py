@@ -8,9 +8,9 @@ sageattention's) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/NOTES.md):
 - K is smoothed first: its mean over tokens (per batch, head, channel) is subtracted. That adds the same
   q.mean(K) to every score of a query row, which softmax ignores, and it removes the large shared bias
   trained DiTs have in K, so int8 keeps its resolution for what differs between tokens.
-- Q and K are rotated first (kernels/hadamard.py): a Walsh-Hadamard transform of each head's channels, which leaves
-  every score unchanged and spreads outlier channels over all of them (relative error 4.85e-2 -> 2.8e-2 on the
-  10x-outlier stress inputs, reference at 2,048 tokens).
+- Q and K are rotated first (kernels/hadamard.py): a Walsh-Hadamard transform of each head's channels in blocks of
+  ROTATION_BLOCK, which leaves every score unchanged and spreads outlier channels over their block (relative error
+  5.1e-2 -> 3.7e-2 on the 10x-outlier stress inputs at 32,760 tokens, H200).
 - Q and K: int8, absmax / 127 scales: one per token for Q (free in the kernel, which scales score rows),
   one per block of QUANT_BLOCK tokens of a head for K (a scalar per key tile). Q's scales also carry
   softmax's 1/sqrt(D) and log2(e) (and the rotation's 1/D), so the kernel's scores are already in the exp2 domain. Measured
@@ -38,8 +38,11 @@ import torch
 from .hadamard import hadamard_reference
 
 QUANT_BLOCK = 128  # tokens per Q/K scale; the kernel's key tiles divide it
-# Channels per Hadamard block of Q and K (kernels/hadamard.py); 1 = no rotation.
-ROTATION_BLOCK = 128
+# Channels per Hadamard block of Q and K (kernels/hadamard.py); 1 = no rotation. H200, 32,760 tokens, 10x-outlier
+# inputs (bench/NOTES.md): rel err 5.1e-2 unrotated, 4.3e-2 / 3.7e-2 / 3.3e-2 / 2.9e-2 in blocks of 8 / 16 / 32 / 128;
+# Q/K/V quantization 0.93 ms unrotated, 0.96 ms up to 16 (butterfly stages inside a thread's registers), 1.8-2.0 ms
+# from 32 on (stages across threads go through shared memory).
+ROTATION_BLOCK = 16
 # P.V operand type: float8_e4m3fn (2x the tensor-core rate) or float16 (~8 more mantissa bits for P and V).
 PV_DTYPE = torch.float8_e4m3fn
 # Add each key tile's P.V product to the float32 accumulator in registers rather than passing the accumulator
