@@ -3,8 +3,8 @@
 Inputs q [B, Lq, H, D], k and v [B, Lk, H, D] (bf16/fp16/fp32; D = 64 or 128; Lq may differ from Lk; not
 causal) -> out [B, Lq, H, D] in q's dtype.
 
-Quantization, chosen for cosine >= 0.998 vs exact attention on DiT-like inputs (relative error 4-6e-2, like
-sageattention's) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/NOTES.md):
+Quantization, chosen for cosine >= 0.999 vs exact attention on DiT-like inputs (relative error 3.6-3.8e-2,
+sageattention 1.0.6: 5-6e-2) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/NOTES.md):
 - K is smoothed first: its mean over tokens (per batch, head, channel) is subtracted. That adds the same
   q.mean(K) to every score of a query row, which softmax ignores, and it removes the large shared bias
   trained DiTs have in K, so int8 keeps its resolution for what differs between tokens.
@@ -13,8 +13,9 @@ sageattention's) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/NOTES.md):
   5.1e-2 -> 3.7e-2 on the 10x-outlier stress inputs at 32,760 tokens, H200).
 - Q and K: int8, absmax / 127 scales: one per token for Q (free in the kernel, which scales score rows),
   one per block of QUANT_BLOCK tokens of a head for K (a scalar per key tile). Q's scales also carry
-  softmax's 1/sqrt(D) and log2(e) (and the rotation's 1/D), so the kernel's scores are already in the exp2 domain. Measured
-  alternatives (bench/NOTES.md): fp8 Q/K is 3-4x less accurate; per-token K scales cut the error on inputs
+  softmax's 1/sqrt(D), log2(e) and the rotation's 1/ROTATION_BLOCK, so the kernel's scores are already in the
+  exp2 domain. Measured alternatives (bench/NOTES.md): fp8 Q/K is 2-5x less accurate (rotated or not);
+  per-token K scales (measured before the rotation) cut the error on inputs
   with 10x outlier channels by ~10% but cost 21% of the kernel's time (a scale per score column).
 - V: float8_e4m3fn with one scale per channel (over all tokens of a head): a per-channel scale factors out
   of sum_n p[m, n] v[n, d], so it is applied once, after the loop. V is stored transposed ([D, tokens]):

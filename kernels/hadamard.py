@@ -2,16 +2,18 @@
 
 Trained DiTs have a few outlier channels in Q and K. With one int8 scale per token (Q) or per block of
 tokens (K), the outliers set the absmax, and every other channel keeps only a few int8 levels. An
-orthogonal rotation of the channels leaves every score unchanged, since (q H)(k H)^T = q k^T. The
-Hadamard matrix spreads each outlier over all channels, which brings the absmax down towards the
-channels' RMS.
+orthogonal rotation of the channels leaves every score unchanged, since (q H)(k H)^T = q k^T. A Hadamard
+block spreads each outlier over the block's channels, which brings the absmax down towards their RMS.
 
-On the 10x-outlier stress inputs of bench/attention.py (reference, 2,048 tokens), this cut the
-attention's relative error from 4.85e-2 to 2.8e-2. After that, fp8 P.V dominates the remaining error.
+Blocks are used rather than one transform over all D channels because the butterfly stages inside a thread's
+registers cost nothing, while those across threads go through shared memory. On the H200, with the 10x-outlier
+stress inputs of bench/attention.py at 32,760 tokens (bench/NOTES.md), 16-channel blocks
+(attention_8bit.ROTATION_BLOCK) take the attention's relative error from 5.1e-2 to 3.7e-2 at no measurable
+cost. Rotating all 128 channels gives 2.9e-2 but doubles the quantization time.
 
-The rotation is the unnormalised Sylvester matrix (entries +-1), so scores come out D times larger;
-the factor 1/D is exact in float32 and is folded into Q's scale. Both implementations run the same
-butterfly: log2(D) stages of (a + b, a - b) on pairs h apart, h = 1, 2, ..., D/2. They therefore add
+The rotation is the unnormalised Sylvester matrix (entries +-1), so scores come out `block` times larger;
+the factor 1/block is exact in float32 and is folded into Q's scale. Both implementations run the same
+butterfly: log2(block) stages of (a + b, a - b) on pairs h apart, h = 1, 2, ..., block/2. They therefore add
 in the same order, and the Triton kernels' rotated values equal the reference's bit for bit.
 """
 

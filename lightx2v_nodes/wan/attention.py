@@ -1,6 +1,7 @@
 """Attention backends for the DiT. All take q, k, v as [B, L, heads, head_dim] and return [B, Lq, heads*head_dim].
 
-`lightx2v-int8` is our 8-bit Triton kernel (kernels/attention_8bit.py: int8 Q.K^T with K smoothing, fp8 P.V).
+`lightx2v-int8` is our 8-bit Triton kernel (kernels/attention_8bit.py: int8 Q.K^T with K smoothing and Hadamard-rotated
+Q/K, fp8 P.V).
 On the H100 it takes 28-30 ms (quantization included) at the 14B 480p self-attention shape, where SDPA's cuDNN
 kernel takes 37.0 ms, sageattention 1.0.6 49.3 ms and SDPA's FlashAttention-2 62.3 ms (bench/NOTES.md), and a
 random 14B DiT stays at cosine 0.9999 vs SDPA. It pays only for long key
