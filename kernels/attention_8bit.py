@@ -75,9 +75,14 @@ def v_channel_scales(v: torch.Tensor) -> torch.Tensor:
     return torch.maximum(high.float(), -low.float()).clamp_min(MIN_ABSMAX) / 448.0
 
 
+def rotation_channels(head_dim: int, rotation_block: int = ROTATION_BLOCK) -> int:
+    """The Hadamard block actually applied: rotation_block, or the whole head where that is smaller."""
+    return min(rotation_block, head_dim)
+
+
 def q_scale_factor(head_dim: int, rotation_block: int = ROTATION_BLOCK) -> float:
     """What Q's int8 scales carry besides absmax / 127: softmax's 1/sqrt(D), log2(e), the rotation's 1/block."""
-    return head_dim ** -0.5 * _LOG2E / min(rotation_block, head_dim)
+    return head_dim ** -0.5 * _LOG2E / rotation_channels(head_dim, rotation_block)
 
 
 def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int,
@@ -88,7 +93,7 @@ def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale
     if mean is not None:
         xf = xf - mean[:, :, None, :]
     if rotation_block > 1:
-        xf = hadamard_reference(xf, min(rotation_block, d))
+        xf = hadamard_reference(xf, rotation_channels(d, rotation_block))
     pad = _padded(length) - length
     xf = torch.nn.functional.pad(xf, (0, 0, 0, pad))
     blocks = xf.unflatten(2, (-1, block))
@@ -303,7 +308,8 @@ def quantize_qkv(q, k, v, pv_dtype=None, rotation_block: int = ROTATION_BLOCK):
     qs = torch.empty((b, h, pq), dtype=torch.float32, device=q.device)
     _quantize_qk_kernel[(pq // QUANT_BLOCK, b * h)](q, qs, q8, qs, lq, h, pq // QUANT_BLOCK, q.stride(0), q.stride(1),
                                                    q.stride(2), q_scale_factor(d, rotation_block), HAS_MEAN=False,
-                                                   PER_ROW=True, ROTATION=min(rotation_block, d), HEAD_DIM=d, BLOCK=QUANT_BLOCK, num_warps=4 if d == 64 else 8)
+                                                   PER_ROW=True, ROTATION=rotation_channels(d, rotation_block), HEAD_DIM=d,
+                                                   BLOCK=QUANT_BLOCK, num_warps=4 if d == 64 else 8)
     return (q8, qs) + quantize_kv(k, v, pv_dtype, rotation_block=rotation_block)
 
 
@@ -322,7 +328,8 @@ def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotation_block: int = ROTATION
     vs = v_channel_scales(v).contiguous()
     warps = 4 if d == 64 else 8
     _quantize_qk_kernel[(pk // QUANT_BLOCK, b * h)](k, mean, k8, ks, lk, h, pk // QUANT_BLOCK, k.stride(0), k.stride(1),
-                                                   k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False, ROTATION=min(rotation_block, d), HEAD_DIM=d,
+                                                   k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False,
+                                                   ROTATION=rotation_channels(d, rotation_block), HEAD_DIM=d,
                                                    BLOCK=QUANT_BLOCK, num_warps=warps)
     _quantize_v_kernel[(pk // QUANT_BLOCK, b * h)](v, vs, v8t, lk, h, pk, v.stride(0), v.stride(1), v.stride(2),
                                                   PV_FP8=v8t.dtype == torch.float8_e4m3fn, HEAD_DIM=d, BLOCK=QUANT_BLOCK,

@@ -27,7 +27,8 @@ import os
 
 import torch
 
-from .attention_8bit import QUANT_BLOCK, ROTATION_BLOCK, _padded, _quantize_blocks_reference, q_scale_factor
+from .attention_8bit import (QUANT_BLOCK, ROTATION_BLOCK, _padded, _quantize_blocks_reference, q_scale_factor,
+                             rotation_channels)
 
 
 def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int,
@@ -43,7 +44,7 @@ def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: to
 
 
 def rms_norm_rope_int8_reference(x, weight, rotations, heads, eps, rotation_block: int = ROTATION_BLOCK):
-    """(int8 Q [B, H, Lpad, D], scales [B, H, Lpad] incl. sm_scale * log2(e)): quantize_qkv_reference's Q part."""
+    """(int8 Q [B, H, Lpad, D], scales [B, H, Lpad] x q_scale_factor): quantize_qkv_reference's Q part."""
     q = rms_norm_rope_reference(x, weight, rotations, heads, eps)
     return _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotation_block), 1, rotation_block)
 
@@ -148,7 +149,7 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
         sums if sums is not None else x, length, heads, dim, x.stride(0), x.stride(1),
         out.stride(0), out.stride(1), float(eps), float(scale_factor), padded_len, MODE=mode, HEAD_DIM=head_dim,
         HEADS_P2=heads_p2, DIM_P2=dim_p2, ROWS=rows, ROUND_BF16=_INTERPRET and x.dtype == torch.bfloat16,
-        ROTATION=min(rotation_block, dim_p2), num_warps=warps)
+        ROTATION=rotation_channels(dim_p2, rotation_block), num_warps=warps)
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int, eps: float,
