@@ -5,7 +5,8 @@ cross-attention 32,760 queries x 512 text tokens and x 257 image tokens (--head-
 Inputs are bf16, shaped like a trained DiT's: Q and K carry a few outlier channels (10x), K a large shared bias (what smoothing removes).
 Backends: sdpa (PyTorch's choice: cuDNN on the H100), sdpa-flash (its FlashAttention-2), sage (sageattention
 1.0.6, when installed), flash (flash-attn, when installed), ours (`lightx2v-int8`: quantization + kernel) and
-ours-kernel (the attention kernel alone, inputs already quantized), ours-quant (Q/K/V quantization alone), ours-rotN
+ours-kernel (the attention kernel alone, inputs already quantized; tensor-descriptor loads on Hopper), ours-kernel-ptr
+(its pointer-load version, on Hopper), ours-quant (Q/K/V quantization alone), ours-rotN
 (the quantization's time and the attention's accuracy with N-channel Hadamard blocks instead of the default; rot1: none). Accuracy: cosine and relative error of
 each backend vs float32 attention (computed per head group, in float32), NaN/Inf check at magnitudes 1e3.
 Median of --runs after --warmup, CUDA events. Writes JSON to $OUT or bench/results/attention.json.
@@ -29,6 +30,7 @@ from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
 from lightx2v_nodes.wan.attention import attention_function  # noqa: E402
 
 kernels = load_kernels()
+a8 = kernels.attention_8bit
 
 ROTATION_BLOCKS = (1, 8, 16, 32, 128)
 # name: (query tokens, key tokens)
@@ -117,12 +119,17 @@ def main():
                 kernel_only = {"shape": name, "backend": "ours-kernel", "lq": lq, "lk": lk}
                 kernel_only["s"] = median_seconds(lambda: kernels.attention8(q, k, v, quantized=quantized), warmup, runs, device)
                 kernel_only["tflops"] = flops / kernel_only["s"] / 1e12
-                kernel_only["config"] = str(kernels.ATTENTION_TILES)
+                kernel_only["config"] = str(a8.default_tiles(a8.use_tma(device)))
                 rows.append(kernel_only)
+                if a8.use_tma(device):
+                    pointer_s = median_seconds(lambda: kernels.attention8(q, k, v, quantized=quantized, tma=False),
+                                               warmup, runs, device)
+                    rows.append({"shape": name, "backend": "ours-kernel-ptr", "lq": lq, "lk": lk, "s": pointer_s,
+                                 "tflops": flops / pointer_s / 1e12, "config": str(a8.ATTENTION_TILES)})
                 quant_s = median_seconds(lambda: kernels.quantize_qkv(q, k, v), warmup, runs, device)
                 rows.append({"shape": name, "backend": "ours-quant", "lq": lq, "lk": lk, "s": quant_s, "tflops": 0.0})
                 for block in ROTATION_BLOCKS:  # the other Hadamard block sizes: quantization time and accuracy
-                    if block != kernels.attention_8bit.ROTATION_BLOCK:
+                    if block != a8.ROTATION_BLOCK:
                         rotated = kernels.quantize_qkv(q, k, v, rotation_block=block)
                         rows.append({"shape": name, "backend": f"ours-rot{block}", "lq": lq, "lk": lk,
                                      "s": median_seconds(lambda: kernels.quantize_qkv(q, k, v, rotation_block=block),
@@ -142,7 +149,7 @@ def main():
         print(f"{r['shape']:>12} {r['backend']:>12} {r['s'] * 1e3:9.3f} {r['tflops']:8.1f} {acc}{r.get('config', '')}")
 
 
-SWEEP_TILES = [(64, 128, 4, 3), (64, 128, 4, 2), (64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
+SWEEP_TILES = [(64, 128, 4, 2), (64, 128, 4, 3), (64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
                (64, 64, 4, 3)]
 # (P.V operand type, split accumulation): the default first, then one change at a time.
 SWEEP_OPTIONS = [("fp8", True), ("fp8", False), ("fp16", True)]
@@ -156,14 +163,17 @@ def sweep(shape, heads, head_dim, runs, warmup, device, gen):
     v = wan_like(1, lk, heads, head_dim, device, gen)
     ref = exact_attention(q, k, v)
     tiles_list = SWEEP_TILES if device.type == "cuda" else [(32, 32, 4, 1)]
-    cases = [(tiles, SWEEP_OPTIONS[0]) for tiles in tiles_list] + [(tiles_list[0], o) for o in SWEEP_OPTIONS[1:]]
+    loads = [True, False] if a8.use_tma(device) else [False]  # tensor-descriptor loads (Hopper), pointer loads
+    cases = [(tma, tiles, SWEEP_OPTIONS[0]) for tma in loads for tiles in tiles_list]
+    cases += [(tma, a8.default_tiles(tma) if device.type == "cuda" else tiles_list[0], o)
+              for tma in loads for o in SWEEP_OPTIONS[1:]]
     quantized = {pv: kernels.quantize_qkv(q, k, v, pv_dtype=dtype)
                  for pv, dtype in (("fp8", torch.float8_e4m3fn), ("fp16", torch.float16))}
     rows = []
-    for tiles, (pv, split) in cases:
+    for tma, tiles, (pv, split) in cases:
         def run():
-            return kernels.attention8(q, k, v, quantized=quantized[pv], tiles=tiles, split_accumulation=split)
-        row = {"tiles": tiles, "pv": pv, "split": split}
+            return kernels.attention8(q, k, v, quantized=quantized[pv], tiles=tiles, split_accumulation=split, tma=tma)
+        row = {"loads": "tma" if tma else "pointer", "tiles": tiles, "pv": pv, "split": split}
         try:
             row.update(s=median_seconds(run, warmup, runs, device), **compare(run(), ref))
         except Exception as exc:  # noqa: BLE001 - a config that does not compile (shared memory) is skipped
@@ -174,7 +184,7 @@ def sweep(shape, heads, head_dim, runs, warmup, device, gen):
     print(f"\nSweep at {lq}x{lk} tokens, {heads} heads x {head_dim}")
     for r in sorted(rows, key=lambda r: r.get("s", float("inf"))):
         result = f"{r['s'] * 1e3:8.3f} ms  rel err {r['rel_err']:.2e}" if "s" in r else r["error"]
-        print(f"{str(r['tiles']):>20} pv={r['pv']:4} split={r['split']!s:5} {result}")
+        print(f"{r['loads']:>8} {str(r['tiles']):>20} pv={r['pv']:4} split={r['split']!s:5} {result}")
 
 
 if __name__ == "__main__":

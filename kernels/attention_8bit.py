@@ -25,12 +25,18 @@ sageattention 1.0.6: 5-6e-2) and a random 14B DiT at cosine 0.9999 vs SDPA (benc
   to the float32 accumulator in registers (SPLIT_ACCUMULATION): accumulating inside the fp8 MMA drifts a
   random 14B DiT to cosine 0.976.
 
+Two kernels run the same tile function: one loads K and V^T tiles through pointers (any GPU with fp8 tensor cores,
+and Triton's interpreter), the other through Hopper's tensor memory accelerator (host tensor descriptors). Without
+per-thread tile addresses the latter needs ~168 registers instead of 255, so with two pipeline stages three programs
+share an SM: 26.2 vs 28.6 ms at 32,760 tokens on the H200 (bench/NOTES.md, stop 15).
+
 `attention8_reference` runs the identical algorithm (same quantization, same online softmax over key
 blocks) in PyTorch; tests compare the kernel with it and with exact float32 attention.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 
@@ -58,6 +64,9 @@ MIN_ABSMAX = 1e-12
 # --sweep: 28.1 ms, the next best 33.0). Fixed rather than autotuned: an autotuner timing a few calls of each candidate
 # picked (128, 128, 8, 3) inside a DiT forward, 32.9 ms per call. Key tiles must divide QUANT_BLOCK (one K scale each).
 ATTENTION_TILES = (64, 128, 4, 3)
+# The same tiles for the tensor-descriptor kernel on Hopper, with two stages: its 168 registers and 74 KB of shared
+# memory per program let three programs share an SM (the pointer kernel: 255 registers, two).
+HOPPER_TILES = (64, 128, 4, 2)
 
 
 def _padded(length: int) -> int:
@@ -216,18 +225,16 @@ try:
         tl.store(vt_ptrs, x.to(vt_ptr.dtype.element_ty))
 
     @triton.jit
-    def _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, start_n, length_k, padded_len,
-                         offs_n, offs_d, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_TAIL: tl.constexpr,
-                         ROUND_P: tl.constexpr, PV_FP8: tl.constexpr, SPLIT_ACC: tl.constexpr):
-        cols = start_n + offs_n
-        k = tl.load(k_base + cols[:, None] * HEAD_DIM + offs_d[None, :])  # [BLOCK_N, D] int8
+    def _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, k_scale, cols, length_k, MASK_TAIL: tl.constexpr,
+                         ROUND_P: tl.constexpr, SPLIT_ACC: tl.constexpr):
+        """One key tile: k [BLOCK_N, D] int8, vt [D, BLOCK_N] fp8 or fp16, k_scale its K scale, cols its key indices."""
         dot = tl.dot(q, tl.trans(k), out_dtype=tl.int32)
         # |dot| <= 127^2 * 128 < 2^22, so adding the bit pattern of 1.5 * 2^23 gives the float32 whose value is
         # exactly 1.5 * 2^23 + dot: an integer add instead of a slower int-to-float conversion (7% of the kernel).
         shifted = (dot + 0x4B400000).to(tl.float32, bitcast=True)
         if MASK_TAIL:
             shifted = tl.where(cols[None, :] < length_k, shifted, float("-inf"))
-        scale = row_scale * tl.load(ks_base + start_n // 128)
+        scale = row_scale * k_scale
         m_new = tl.maximum(m_i, (tl.max(shifted, axis=1) - 12582912.0) * scale)
         # exp2(score - max + log2(448)) with score = (shifted - 1.5 * 2^23) * scale, as one fused multiply-add:
         # the offset's fp32 rounding is ~1.5 * scale, 300x below the int8 rounding of the score itself.
@@ -235,8 +242,7 @@ try:
         p = tl.math.exp2(tl.fma(shifted, scale[:, None], -offset[:, None]))
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = tl.load(v_base + offs_d[:, None] * padded_len + cols[None, :])  # [D, BLOCK_N] fp8 or fp16
-        if ROUND_P and PV_FP8:  # the interpreter's fp8 cast truncates; the GPU's rounds to nearest like this
+        if ROUND_P and vt.dtype == tl.float8e4nv:  # the interpreter's fp8 cast truncates; the GPU's rounds like this
             p = _round_to_e4m3_grid(p)
         if SPLIT_ACC:
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), tl.trans(vt))
@@ -245,10 +251,29 @@ try:
         return acc, l_i, m_new
 
     @triton.jit
+    def _load_kv_tile(k_base, v_base, start_n, offs_n, offs_d, padded_len, HEAD_DIM: tl.constexpr):
+        """Key tile [start_n, +BLOCK_N) of one head: k [BLOCK_N, D] int8, vt [D, BLOCK_N], its key indices."""
+        cols = start_n + offs_n
+        k = tl.load(k_base + cols[:, None] * HEAD_DIM + offs_d[None, :])
+        vt = tl.load(v_base + offs_d[:, None] * padded_len + cols[None, :])
+        return k, vt, cols
+
+    @triton.jit
+    def _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh,
+                      HEAD_DIM: tl.constexpr):
+        offs_d = tl.arange(0, HEAD_DIM)
+        out = acc / l_i[:, None] * tl.load(vs_ptr + pid_bh * HEAD_DIM + offs_d)[None, :]
+        b = pid_bh // heads
+        h = pid_bh % heads
+        o_ptrs = out_ptr + b.to(tl.int64) * stride_ob + offs_m[:, None].to(tl.int64) * stride_ol + h * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_m[:, None] < length_q)
+
+    @triton.jit
     def _attention8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, vt_ptr, vs_ptr, out_ptr, length_q, length_k, heads,
                            padded_q, padded_k, stride_ob, stride_ol, stride_oh,
                            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           ROUND_P: tl.constexpr, PV_FP8: tl.constexpr, SPLIT_ACC: tl.constexpr):
+                           ROUND_P: tl.constexpr, SPLIT_ACC: tl.constexpr):
+        """Pointer loads: any GPU with fp8 tensor cores, and Triton's CPU interpreter."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -265,19 +290,45 @@ try:
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         full_end = (length_k // BLOCK_N) * BLOCK_N
         for start_n in range(0, full_end, BLOCK_N):
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, start_n, length_k,
-                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, False, ROUND_P, PV_FP8,
-                                             SPLIT_ACC)
+            k, vt, cols = _load_kv_tile(k_base, v_base, start_n, offs_n, offs_d, padded_k, HEAD_DIM)
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + start_n // 128),
+                                             cols, length_k, False, ROUND_P, SPLIT_ACC)
+        if full_end < length_k:  # the masked tail tile (K and V^T are zero-padded to QUANT_BLOCK)
+            k, vt, cols = _load_kv_tile(k_base, v_base, full_end, offs_n, offs_d, padded_k, HEAD_DIM)
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + full_end // 128),
+                                             cols, length_k, True, ROUND_P, SPLIT_ACC)
+        _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh, HEAD_DIM)
+
+    @triton.jit
+    def _attention8_kernel_tma(desc_q, qs_ptr, desc_k, ks_ptr, desc_v, vs_ptr, out_ptr, length_q, length_k, heads,
+                               padded_q, padded_k, stride_ob, stride_ol, stride_oh,
+                               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                               ROUND_P: tl.constexpr, SPLIT_ACC: tl.constexpr):
+        """The same algorithm with Hopper's tensor-memory-accelerator loads (host descriptors over the 2-D views
+        [B*H*Lpad, D] of Q and K and [B*H*D, Lpad] of V^T). Without per-thread tile addresses it needs 168 registers
+        instead of 255, so with two stages three programs fit on an SM (HOPPER_TILES)."""
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        q = desc_q.load([pid_bh * padded_q + pid_m * BLOCK_M, 0])
+        row_scale = tl.load(qs_ptr + pid_bh.to(tl.int64) * padded_q + offs_m)
+        ks_base = ks_ptr + pid_bh * (padded_k // 128)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        full_end = (length_k // BLOCK_N) * BLOCK_N
+        for start_n in range(0, full_end, BLOCK_N):
+            k = desc_k.load([pid_bh * padded_k + start_n, 0])
+            vt = desc_v.load([pid_bh * HEAD_DIM, start_n])
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + start_n // 128),
+                                             start_n + offs_n, length_k, False, ROUND_P, SPLIT_ACC)
         if full_end < length_k:
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k_base, v_base, ks_base, full_end, length_k,
-                                             padded_k, offs_n, offs_d, HEAD_DIM, BLOCK_N, True, ROUND_P, PV_FP8,
-                                             SPLIT_ACC)
-        v_scale = tl.load(vs_ptr + pid_bh * HEAD_DIM + offs_d)
-        out = acc / l_i[:, None] * v_scale[None, :]
-        b = pid_bh // heads
-        h = pid_bh % heads
-        o_ptrs = out_ptr + b.to(tl.int64) * stride_ob + offs_m[:, None].to(tl.int64) * stride_ol + h * stride_oh + offs_d[None, :]
-        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_m[:, None] < length_q)
+            k = desc_k.load([pid_bh * padded_k + full_end, 0])
+            vt = desc_v.load([pid_bh * HEAD_DIM, full_end])
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + full_end // 128),
+                                             full_end + offs_n, length_k, True, ROUND_P, SPLIT_ACC)
+        _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh, HEAD_DIM)
 
     _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 except ImportError:
@@ -337,23 +388,51 @@ def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotation_block: int = ROTATION
     return k8, ks, v8t, vs
 
 
-def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None):
+def use_tma(device: torch.device) -> bool:
+    """Hopper (compute capability 9.x, where it was measured) with Triton's host tensor descriptors."""
+    if _INTERPRET or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+        return False
+    return importlib.util.find_spec("triton.tools.tensor_descriptor") is not None
+
+
+def _descriptors(q8, k8, v8t, block_m: int, block_n: int):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    b, h, pq, d = q8.shape
+    pk = k8.shape[2]
+    return (TensorDescriptor(q8, [b * h * pq, d], [d, 1], [block_m, d]),
+            TensorDescriptor(k8, [b * h * pk, d], [d, 1], [block_n, d]),
+            TensorDescriptor(v8t, [b * h * d, pk], [pk, 1], [d, block_n]))
+
+
+def default_tiles(tma: bool):
+    """The tiles attention8 uses when none are given."""
+    return (32, 32, 4, 1) if _INTERPRET else HOPPER_TILES if tma else ATTENTION_TILES
+
+
+def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None, tma=None):
     """8-bit attention; returns [B, Lq, H, D] in q's dtype.
 
     quantized: quantize_qkv's output (its V dtype picks fp8 or fp16 P.V). tiles: (BLOCK_M, BLOCK_N, num_warps,
-    num_stages) instead of ATTENTION_TILES. split_accumulation: None = SPLIT_ACCUMULATION.
+    num_stages) instead of default_tiles(tma). split_accumulation: None = SPLIT_ACCUMULATION. tma: tensor-descriptor
+    loads (None: use_tma(q.device)) or pointer loads.
     """
     _check(q, k, v)
     b, lq, h, d = q.shape
     lk = k.shape[1]
     q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv(q, k, v)
     out = torch.empty((b, lq, h, d), dtype=q.dtype, device=q.device)
-    args = (q8, qs, k8, ks, v8t, vs, out, lq, lk, h, q8.shape[2], k8.shape[2], out.stride(0), out.stride(1), out.stride(2))
-    flags = {"ROUND_P": _INTERPRET, "PV_FP8": v8t.dtype == torch.float8_e4m3fn,
-             "SPLIT_ACC": SPLIT_ACCUMULATION if split_accumulation is None else bool(split_accumulation)}
-    bm, bn, warps, stages = tiles or ((32, 32, 4, 1) if _INTERPRET else ATTENTION_TILES)
+    tma = use_tma(q.device) if tma is None else tma
+    bm, bn, warps, stages = tiles or default_tiles(tma)
     if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
         raise ValueError(f"attention8: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
-    _attention8_kernel[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **flags,
-                                                      num_warps=warps, num_stages=stages)
+    if tma:
+        desc_q, desc_k, desc_v = _descriptors(q8, k8, v8t, bm, bn)
+        kernel, operands = _attention8_kernel_tma, (desc_q, qs, desc_k, ks, desc_v, vs)
+    else:
+        kernel, operands = _attention8_kernel, (q8, qs, k8, ks, v8t, vs)
+    split = SPLIT_ACCUMULATION if split_accumulation is None else bool(split_accumulation)
+    kernel[(triton.cdiv(lq, bm), b * h)](*operands, out, lq, lk, h, q8.shape[2], k8.shape[2], out.stride(0),
+                                         out.stride(1), out.stride(2), HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn,
+                                         ROUND_P=_INTERPRET, SPLIT_ACC=split, num_warps=warps, num_stages=stages)
     return out
