@@ -28,7 +28,7 @@ sageattention 1.0.6: 5-6e-2) and a random 14B DiT at cosine 0.9999 vs SDPA (benc
 Two kernels run the same tile function: one loads K and V^T tiles through pointers (any GPU with fp8 tensor cores,
 and Triton's interpreter), the other through Hopper's tensor memory accelerator (host tensor descriptors). Without
 per-thread tile addresses the latter needs ~168 registers instead of 255, so with two pipeline stages three programs
-share an SM: 26.2 vs 28.6 ms at 32,760 tokens on the H200 (bench/NOTES.md, stop 15).
+share an SM: 25.8 vs 28.0 ms at 32,760 tokens on the H200 (bench/NOTES.md, stop 15).
 
 `attention8_reference` runs the identical algorithm (same quantization, same online softmax over key
 blocks) in PyTorch; tests compare the kernel with it and with exact float32 attention.
@@ -64,9 +64,13 @@ MIN_ABSMAX = 1e-12
 # --sweep: 28.1 ms, the next best 33.0). Fixed rather than autotuned: an autotuner timing a few calls of each candidate
 # picked (128, 128, 8, 3) inside a DiT forward, 32.9 ms per call. Key tiles must divide QUANT_BLOCK (one K scale each).
 ATTENTION_TILES = (64, 128, 4, 3)
-# The same tiles for the tensor-descriptor kernel on Hopper, with two stages: its 168 registers and 74 KB of shared
-# memory per program let three programs share an SM (the pointer kernel: 255 registers, two).
+# The same tiles for the tensor-descriptor kernel on Hopper, with two stages: at most 168 registers and 74 KB of shared
+# memory per program let three programs share an SM (the pointer kernel: 255 registers, two). The register cap matters
+# where the sequence length is a multiple of 16: Triton then specialises the kernel and takes 235 registers without it.
+# H200 (bench/NOTES.md, stop 15), ms at 8,192 / 32,760 / 75,600 tokens: capped 1.65 / 25.8 / 136.6, uncapped
+# 2.05 / 25.7 / 179.6, pointer kernel 1.84 / 28.0 / 150.3.
 HOPPER_TILES = (64, 128, 4, 2)
+HOPPER_MAX_REGISTERS = 168
 
 
 def _padded(length: int) -> int:
@@ -426,13 +430,15 @@ def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None, tma
     bm, bn, warps, stages = tiles or default_tiles(tma)
     if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
         raise ValueError(f"attention8: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
+    launch = {"num_warps": warps, "num_stages": stages}
     if tma:
         desc_q, desc_k, desc_v = _descriptors(q8, k8, v8t, bm, bn)
         kernel, operands = _attention8_kernel_tma, (desc_q, qs, desc_k, ks, desc_v, vs)
+        launch["maxnreg"] = HOPPER_MAX_REGISTERS
     else:
         kernel, operands = _attention8_kernel, (q8, qs, k8, ks, v8t, vs)
     split = SPLIT_ACCUMULATION if split_accumulation is None else bool(split_accumulation)
     kernel[(triton.cdiv(lq, bm), b * h)](*operands, out, lq, lk, h, q8.shape[2], k8.shape[2], out.stride(0),
                                          out.stride(1), out.stride(2), HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn,
-                                         ROUND_P=_INTERPRET, SPLIT_ACC=split, num_warps=warps, num_stages=stages)
+                                         ROUND_P=_INTERPRET, SPLIT_ACC=split, **launch)
     return out

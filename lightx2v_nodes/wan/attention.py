@@ -2,8 +2,9 @@
 
 `lightx2v-int8` is our 8-bit Triton kernel (kernels/attention_8bit.py: int8 Q.K^T with K smoothing and Hadamard-rotated
 Q/K, fp8 P.V).
-On the H100 it takes 28-30 ms (quantization included) at the 14B 480p self-attention shape, where SDPA's cuDNN
-kernel takes 37.0 ms, sageattention 1.0.6 49.3 ms and SDPA's FlashAttention-2 62.3 ms (bench/NOTES.md), and a
+On the H200 it takes 26.6 ms (quantization included; Hopper's TMA kernel) at the 14B 480p self-attention shape, where
+SDPA's cuDNN kernel takes 36.7 ms, sageattention 1.0.6 49.7 ms and SDPA's FlashAttention-2 59.5 ms (bench/NOTES.md,
+stop 15; H100 before the TMA kernel: 28-30 ms vs cuDNN 37.0 ms), and a
 random 14B DiT stays at cosine 0.9999 vs SDPA. It pays only for long key
 sequences: below MIN_KEYS_8BIT keys (cross-attention to 512 text / 257 image tokens, small videos) quantizing
 Q costs more than the kernel saves, so those calls, CPU tensors and unsupported head dims go to SDPA.
