@@ -255,12 +255,40 @@ try:
         return acc, l_i, m_new
 
     @triton.jit
-    def _load_kv_tile(k_base, v_base, start_n, offs_n, offs_d, padded_len, HEAD_DIM: tl.constexpr):
-        """Key tile [start_n, +BLOCK_N) of one head: k [BLOCK_N, D] int8, vt [D, BLOCK_N], its key indices."""
-        cols = start_n + offs_n
-        k = tl.load(k_base + cols[:, None] * HEAD_DIM + offs_d[None, :])
-        vt = tl.load(v_base + offs_d[:, None] * padded_len + cols[None, :])
-        return k, vt, cols
+    def _load_kv_tile(k_src, v_src, pid_bh, start_n, padded_k, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      TMA: tl.constexpr):
+        """Keys [start_n, +BLOCK_N) of one head: k [BLOCK_N, D] int8 and vt [D, BLOCK_N]. k_src / v_src: TMA descriptors
+        over [B*H*Lpad, D] and [B*H*D, Lpad] (TMA), or pointers to this head's K and V^T."""
+        if TMA:
+            k = k_src.load([pid_bh * padded_k + start_n, 0])
+            vt = v_src.load([pid_bh * HEAD_DIM, start_n])
+        else:
+            cols = start_n + tl.arange(0, BLOCK_N)
+            offs_d = tl.arange(0, HEAD_DIM)
+            k = tl.load(k_src + cols[:, None] * HEAD_DIM + offs_d[None, :])
+            vt = tl.load(v_src + offs_d[:, None] * padded_k + cols[None, :])
+        return k, vt
+
+    @triton.jit
+    def _attend_keys(q, row_scale, k_src, v_src, ks_ptr, pid_bh, length_k, padded_k, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, ROUND_P: tl.constexpr, SPLIT_ACC: tl.constexpr,
+                     TMA: tl.constexpr):
+        """The online softmax over all key tiles of one head: (acc, l_i), unnormalised."""
+        offs_n = tl.arange(0, BLOCK_N)
+        ks_base = ks_ptr + pid_bh * (padded_k // 128)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        full_end = (length_k // BLOCK_N) * BLOCK_N
+        for start_n in range(0, full_end, BLOCK_N):
+            k, vt = _load_kv_tile(k_src, v_src, pid_bh, start_n, padded_k, BLOCK_N, HEAD_DIM, TMA)
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + start_n // 128),
+                                             start_n + offs_n, length_k, False, ROUND_P, SPLIT_ACC)
+        if full_end < length_k:  # the masked tail tile (K and V^T are zero-padded to QUANT_BLOCK)
+            k, vt = _load_kv_tile(k_src, v_src, pid_bh, full_end, padded_k, BLOCK_N, HEAD_DIM, TMA)
+            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + full_end // 128),
+                                             full_end + offs_n, length_k, True, ROUND_P, SPLIT_ACC)
+        return acc, l_i
 
     @triton.jit
     def _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh,
@@ -281,26 +309,12 @@ try:
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
         bh = pid_bh.to(tl.int64)
         q = tl.load(q_ptr + bh * padded_q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
         row_scale = tl.load(qs_ptr + bh * padded_q + offs_m)
-        k_base = k_ptr + bh * padded_k * HEAD_DIM
-        v_base = vt_ptr + bh * HEAD_DIM * padded_k
-        ks_base = ks_ptr + pid_bh * (padded_k // 128)
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        full_end = (length_k // BLOCK_N) * BLOCK_N
-        for start_n in range(0, full_end, BLOCK_N):
-            k, vt, cols = _load_kv_tile(k_base, v_base, start_n, offs_n, offs_d, padded_k, HEAD_DIM)
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + start_n // 128),
-                                             cols, length_k, False, ROUND_P, SPLIT_ACC)
-        if full_end < length_k:  # the masked tail tile (K and V^T are zero-padded to QUANT_BLOCK)
-            k, vt, cols = _load_kv_tile(k_base, v_base, full_end, offs_n, offs_d, padded_k, HEAD_DIM)
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + full_end // 128),
-                                             cols, length_k, True, ROUND_P, SPLIT_ACC)
+        acc, l_i = _attend_keys(q, row_scale, k_ptr + bh * padded_k * HEAD_DIM, vt_ptr + bh * HEAD_DIM * padded_k, ks_ptr,
+                                pid_bh, length_k, padded_k, BLOCK_M, BLOCK_N, HEAD_DIM, ROUND_P, SPLIT_ACC, False)
         _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh, HEAD_DIM)
 
     @triton.jit
@@ -314,24 +328,10 @@ try:
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
         q = desc_q.load([pid_bh * padded_q + pid_m * BLOCK_M, 0])
         row_scale = tl.load(qs_ptr + pid_bh.to(tl.int64) * padded_q + offs_m)
-        ks_base = ks_ptr + pid_bh * (padded_k // 128)
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        full_end = (length_k // BLOCK_N) * BLOCK_N
-        for start_n in range(0, full_end, BLOCK_N):
-            k = desc_k.load([pid_bh * padded_k + start_n, 0])
-            vt = desc_v.load([pid_bh * HEAD_DIM, start_n])
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + start_n // 128),
-                                             start_n + offs_n, length_k, False, ROUND_P, SPLIT_ACC)
-        if full_end < length_k:
-            k = desc_k.load([pid_bh * padded_k + full_end, 0])
-            vt = desc_v.load([pid_bh * HEAD_DIM, full_end])
-            acc, l_i, m_i = _attention8_tile(acc, l_i, m_i, q, row_scale, k, vt, tl.load(ks_base + full_end // 128),
-                                             full_end + offs_n, length_k, True, ROUND_P, SPLIT_ACC)
+        acc, l_i = _attend_keys(q, row_scale, desc_k, desc_v, ks_ptr, pid_bh, length_k, padded_k, BLOCK_M, BLOCK_N,
+                                HEAD_DIM, ROUND_P, SPLIT_ACC, True)
         _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh, HEAD_DIM)
 
     _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
