@@ -9,7 +9,7 @@ its block linears quantized (fp8/int8 W8A8, lightx2v_nodes.quant) against the sa
 each --quant format: rows `<attn>+compile` and `<attn>+compile+<fmt>`; `compile_s` is the first (compiling)
 call. Writes JSON to $OUT or bench/results/.
 
-  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile [--gelu-ab]] [--tiny]
+  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile [--gelu-ab]] [--rows R1,R2] [--tiny]
 """
 
 from __future__ import annotations
@@ -125,6 +125,11 @@ def attn8_variant_rows(args, ours, inputs, out_native, rows, size, device):
     return result
 
 
+def wanted(args, name: str) -> bool:
+    """--rows filters the quantized and compiled rows of our DiT (the first backend's eager row always runs)."""
+    return not args.rows or name in args.rows.split(",")
+
+
 def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dtype):
     """Our DiT with compiled block phases, bf16 and each --quant format, against the native bf16 time."""
     base = next(r for r in rows if r["size"] == size and "+" not in r["backend"])
@@ -134,6 +139,9 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
     if args.gelu_ab:
         variants += [(fmt, False) for fmt, _ in variants[1:]]
     for fmt, gelu_fusion in variants:
+        name = f"{base['backend']}+compile" + (f"+{fmt}" if fmt else "") + ("" if gelu_fusion else "+unfused-gelu")
+        if not wanted(args, name):
+            continue
         QuantLinear.gelu_fusion = gelu_fusion
         torch._dynamo.reset()  # each variant compiles its own graphs; none evicts another's cache entries
         with torch.device("meta"):
@@ -152,7 +160,6 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
             torch.cuda.synchronize()
         compile_s = time.perf_counter() - start
         s_c, peak_c, act_c, out_c = time_forward(model, inputs, args.warmup, args.runs, device)
-        name = f"{base['backend']}+compile" + (f"+{fmt}" if fmt else "") + ("" if gelu_fusion else "+unfused-gelu")
         if args.profile:
             profile_forward(model, inputs, f"{size}_{name}", results_dir())
         result.append({"size": size, "backend": name,
@@ -180,6 +187,8 @@ def main():
     parser.add_argument("--compile-mode", default="default", help="LightX2V Compile DiT's mode for the compiled rows")
     parser.add_argument("--gelu-ab", action="store_true",
                         help="with --compile --quant: also time each quantized compiled row with GELU unfused from the quantization")
+    parser.add_argument("--rows", default="", help="comma list of our quantized/compiled rows to run, e.g. "
+                        "lightx2v-int8+compile+fp8 (default: all that --quant and --compile ask for)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at a tiny shape")
@@ -231,7 +240,7 @@ def main():
             rows += attn8_variant_rows(args, ours, (x, t, context), out_native, rows, size, device)
         for fmt in filter(None, args.quant.split(",")):
             row = next((r for r in rows if r["size"] == size), None)
-            if row is None:
+            if row is None or not wanted(args, f"{row['backend']}+{fmt}"):
                 continue
             with torch.device("meta"):
                 quant = WanDiT(**cfg.unet_config(), dtype=dtype, attention_backend=row["backend"])
