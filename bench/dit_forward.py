@@ -9,7 +9,7 @@ its block linears quantized (fp8/int8 W8A8, lightx2v_nodes.quant) against the sa
 each --quant format: rows `<attn>+compile` and `<attn>+compile+<fmt>`; `compile_s` is the first (compiling)
 call. Writes JSON to $OUT or bench/results/.
 
-  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile [--gelu-ab]] [--rows R1,R2] [--tiny]
+  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile [--gelu-ab] [--quant-ab]] [--rows R1,R2] [--tiny]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
 from lightx2v_nodes.quant import QuantLinear, quantize_dit_  # noqa: E402
+from lightx2v_nodes.quant import backends as quant_backends  # noqa: E402
 from lightx2v_nodes.wan import synthetic  # noqa: E402
 from lightx2v_nodes.wan.compile import CompileSettings, compile_blocks  # noqa: E402
 from lightx2v_nodes.wan.config import WanConfig  # noqa: E402
@@ -135,14 +136,20 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
     base = next(r for r in rows if r["size"] == size and "+" not in r["backend"])
     backend = "aot_eager" if args.tiny else "inductor"  # --tiny checks the code path without C++ codegen
     result = []
-    variants = [(None, True)] + [(fmt, True) for fmt in filter(None, args.quant.split(","))]
+    # (format, GELU fused into the FFN's quantization, inductor's own activation quantization)
+    variants = [(None, True, False)] + [(fmt, True, False) for fmt in filter(None, args.quant.split(","))]
+    quantized = variants[1:]
     if args.gelu_ab:
-        variants += [(fmt, False) for fmt, _ in variants[1:]]
-    for fmt, gelu_fusion in variants:
-        name = f"{base['backend']}+compile" + (f"+{fmt}" if fmt else "") + ("" if gelu_fusion else "+unfused-gelu")
+        variants += [(fmt, False, False) for fmt, _, _ in quantized]
+    if args.quant_ab:
+        variants += [(fmt, True, True) for fmt, _, _ in quantized]
+    for fmt, gelu_fusion, inductor_quantization in variants:
+        name = (f"{base['backend']}+compile" + (f"+{fmt}" if fmt else "") + ("" if gelu_fusion else "+unfused-gelu")
+                + ("+inductor-quant" if inductor_quantization else ""))
         if not wanted(args, name):
             continue
         QuantLinear.gelu_fusion = gelu_fusion
+        quant_backends.INDUCTOR_QUANTIZATION = inductor_quantization
         torch._dynamo.reset()  # each variant compiles its own graphs; none evicts another's cache entries
         with torch.device("meta"):
             model = WanDiT(**cfg.unet_config(), dtype=dtype, attention_backend=base["backend"])
@@ -168,6 +175,7 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
                        "native_activation_gib": base["native_activation_gib"], "ours_activation_gib": act_c,
                        **agreement(out_c, out_native), "compile_s": compile_s, "compile_failed": phases.failed})
         QuantLinear.gelu_fusion = True
+        quant_backends.INDUCTOR_QUANTIZATION = False
         del model, phases
         gc.collect()  # installed phases reference their blocks (a cycle): free this variant's weights now
         if device.type == "cuda":
@@ -185,6 +193,9 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="after timing, profile one forward of each of our rows: top CUDA kernels to $OUT/profile_*.txt")
     parser.add_argument("--compile-mode", default="default", help="LightX2V Compile DiT's mode for the compiled rows")
+    parser.add_argument("--quant-ab", action="store_true",
+                        help="with --compile --quant: also time each quantized compiled row with inductor's own activation "
+                        "quantization instead of our kernel (rows +inductor-quant)")
     parser.add_argument("--gelu-ab", action="store_true",
                         help="with --compile --quant: also time each quantized compiled row with GELU unfused from the quantization")
     parser.add_argument("--rows", default="", help="comma list of our quantized/compiled rows to run, e.g. "

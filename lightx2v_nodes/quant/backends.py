@@ -18,8 +18,8 @@ activation pass dominate; 2 such layers per block, ~0.1 ms each); there is no bf
 without doubling those layers' memory, so the fastest 8-bit backend is used.
 LIGHTX2V_QUANT_BACKEND forces one (an error if it cannot run there). A GPU backend that fails on its first
 call (e.g. an old driver) is replaced by the next candidate with a warning instead of failing the generation.
-Under torch.compile, `compiled_linear` computes the same thing with the quantization in plain torch ops (so
-inductor fuses it into the kernel that produces x) and the GEMM as one opaque custom op.
+Under torch.compile, `compiled_linear` computes the same thing with our quantization kernel and the GEMM as
+opaque custom ops on CUDA (the reference's torch ops elsewhere).
 """
 
 from __future__ import annotations
@@ -223,8 +223,8 @@ def _triton_gemm(xq: torch.Tensor, sx: torch.Tensor, weight: torch.Tensor, scale
     return _kernels.scaled_gemm(xq, sx, weight, scale, bias, out_dtype=out_dtype)
 
 
-def _gelu_quantize(x: torch.Tensor, qdtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    return _kernels.gelu_quantize_per_token(x, qdtype)
+def _triton_quantize(x: torch.Tensor, qdtype: torch.dtype, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize_activations(x, qdtype, gelu)
 
 
 if hasattr(torch.library, "custom_op"):
@@ -235,11 +235,12 @@ if hasattr(torch.library, "custom_op"):
     def _(xq, sx, weight, scale, bias, out_dtype):
         return xq.new_empty((xq.shape[0], weight.shape[0]), dtype=out_dtype)
 
-    # Inductor's own fusion of GELU + quantization measured ~3x over memory bandwidth (bench/NOTES.md).
-    _gelu_quantize = torch.library.custom_op("lightx2v_nodes::gelu_quantize_per_token", mutates_args=())(_gelu_quantize)
+    # Inductor's own per-token quantization reads x twice (absmax, then the quotient): 0.29 ms at 32,760 x 5,120 on the
+    # H200 against our kernel's 0.14, and ~3x over memory bandwidth with GELU (bench/NOTES.md).
+    _triton_quantize = torch.library.custom_op("lightx2v_nodes::quantize_per_token", mutates_args=())(_triton_quantize)
 
-    @_gelu_quantize.register_fake
-    def _(x, qdtype):
+    @_triton_quantize.register_fake
+    def _(x, qdtype, gelu):
         return x.new_empty(x.shape, dtype=qdtype), x.new_empty((x.shape[0], 1), dtype=torch.float32)
 
 
@@ -256,18 +257,20 @@ if hasattr(torch, "compiler") and hasattr(torch.compiler, "assume_constant_resul
     _choice_for_trace = torch.compiler.assume_constant_result(_choice_for_trace)
 
 
-def compiled_linear(fmt, mode, x, weight, scale, bias, gelu=False):
-    """What `dispatch` computes, written to be traced by torch.compile (same backend choice).
+# Compiled linears on CUDA: our quantization kernel as an opaque op (False), or the reference's torch ops for inductor
+# to fuse into the kernel that produced x (True; GELU + quantization stays ours either way). H200, compiled fp8 step:
+# 14B 1.973 vs 1.978 s, 1.3B 0.393 vs 0.397 s (bench/NOTES.md, stop 16; dit_forward.py --quant-ab).
+INDUCTOR_QUANTIZATION = False
 
-    The activation quantization is the reference's torch ops, which inductor fuses into the kernel that
-    produced x (e.g. LayerNorm + modulation); only the GEMM stays an opaque call. GELU + quantization (gelu=True)
-    is our fused kernel, another opaque call, on CUDA.
-    """
+
+def compiled_linear(fmt, mode, x, weight, scale, bias, gelu=False):
+    """What `dispatch` computes, written to be traced by torch.compile (same backend choice). The activation
+    quantization (with GELU where gelu=True) and the GEMM are opaque calls of our kernels on CUDA."""
     name = _choice_for_trace(fmt, mode, str(x.device), x.shape[0], x.shape[1], weight.shape[0])
     if name == "weight_only":
         return weight_only(x, weight, scale, bias, gelu)
-    if gelu and name != "reference" and _triton_runs(x):
-        xq, sx = _gelu_quantize(x, weight.dtype)
+    if name != "reference" and _triton_runs(x) and (gelu or not INDUCTOR_QUANTIZATION):
+        xq, sx = _triton_quantize(x, weight.dtype, gelu)
     else:
         xq, sx = _reference_quantizer(gelu)(x, weight.dtype)
     return _GEMMS[name](xq, sx, weight, scale, bias, x.dtype)

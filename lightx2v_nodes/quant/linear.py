@@ -87,7 +87,7 @@ class QuantLinear(nn.Module):
         x2d = x.reshape(-1, self.in_features)
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
-        if _is_compiling():  # torch.compile traces this: same backend, quantization left to inductor to fuse
+        if _is_compiling():  # torch.compile traces this: same backend, kernels as opaque custom ops
             y = compiled_linear(self.fmt, self.mode, x2d, weight, scale, bias, gelu)
         else:
             y = dispatch(self.fmt, self.mode, x2d, weight, scale, bias, gelu)
