@@ -235,8 +235,8 @@ if hasattr(torch.library, "custom_op"):
     def _(xq, sx, weight, scale, bias, out_dtype):
         return xq.new_empty((xq.shape[0], weight.shape[0]), dtype=out_dtype)
 
-    # Inductor's own per-token quantization reads x twice (absmax, then the quotient): 0.29 ms at 32,760 x 5,120 on the
-    # H200 against our kernel's 0.14, and ~3x over memory bandwidth with GELU (bench/NOTES.md).
+    # Inductor's own per-token quantization took 0.29 ms per call at 32,760 x 5,120 in a compiled 14B step on the H200,
+    # our kernel 0.14; with GELU, inductor's was ~3x over memory bandwidth (bench/NOTES.md).
     _triton_quantize = torch.library.custom_op("lightx2v_nodes::quantize_per_token", mutates_args=())(_triton_quantize)
 
     @_triton_quantize.register_fake
