@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from bench_common import device_name, results_dir  # noqa: E402  (puts the repo on sys.path)
+from bench_common import call_ms, device_name, results_dir  # noqa: E402  (puts the repo on sys.path)
 
 from attention import kernels, wan_like  # noqa: E402
 from dit_forward import SIZES, random_weights  # noqa: E402
@@ -71,19 +71,6 @@ class ClockLog:
         return result
 
 
-def call_times(fn, calls, before=None) -> list:
-    """ms of each of `calls` calls of fn, queued back to back between CUDA events (before() runs between them)."""
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
-    for start, end in events:
-        if before:
-            before()
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return [start.elapsed_time(end) for start, end in events]
-
-
 def kernel_phases(log, device) -> dict:
     gen = torch.Generator(device=device).manual_seed(0)
     shape = (1, TOKENS, HEADS, HEAD_DIM)
@@ -94,9 +81,9 @@ def kernel_phases(log, device) -> dict:
     inputs["zero int8 Q and K"] = (plain, zero_qk)
     times = {}
     for name, (qkv, quantized) in inputs.items():
-        call_times(lambda: kernels.attention8(*qkv, quantized=quantized), 3)
+        call_ms(lambda: kernels.attention8(*qkv, quantized=quantized), 3)
         log.phase(name)
-        times[name] = call_times(lambda: kernels.attention8(*qkv, quantized=quantized), 100)
+        times[name] = call_ms(lambda: kernels.attention8(*qkv, quantized=quantized), 100)
     a = torch.randn(TOKENS, 5120, generator=gen, device=device).to(torch.float8_e4m3fn)
     w = torch.randn(13824, 5120, generator=gen, device=device).to(torch.float8_e4m3fn)
     one = torch.ones((), device=device)
@@ -107,7 +94,7 @@ def kernel_phases(log, device) -> dict:
 
     qkv, quantized = inputs["bench inputs"]
     log.phase("bench inputs, 4 fp8 GEMMs before each call")
-    times["bench inputs, 4 fp8 GEMMs before each call"] = call_times(
+    times["bench inputs, 4 fp8 GEMMs before each call"] = call_ms(
         lambda: kernels.attention8(*qkv, quantized=quantized), 50, gemms)
     return times
 
@@ -150,7 +137,7 @@ def forward_phases(log, device, forwards) -> dict:
     times = {"inside a 14B fp8 forward": [start.elapsed_time(end) for start, end in calls]}
     del model
     log.phase("that forward's first-layer inputs")
-    times["that forward's first-layer inputs"] = call_times(
+    times["that forward's first-layer inputs"] = call_ms(
         lambda: kernels.attention8(*first["args"], quantized=first["quantized"]), 100)
     return times
 

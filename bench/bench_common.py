@@ -34,20 +34,28 @@ def median_seconds(fn, warmup: int, runs: int, device: torch.device) -> float:
     for _ in range(warmup):
         fn()
     if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
         torch.cuda.synchronize(device)
-        for start, end in events:
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize(device)
-        return statistics.median(start.elapsed_time(end) / 1e3 for start, end in events)
+        return statistics.median(call_ms(fn, runs)) / 1e3
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def call_ms(fn, calls: int, before=None) -> list:
+    """CUDA ms of each of `calls` calls of fn, queued back to back between their own events (before(), if given, runs
+    between the calls, outside the events); the host waits once, at the end."""
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
+    for start, end in events:
+        if before:
+            before()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
 
 
 def device_name(device: torch.device) -> str:
