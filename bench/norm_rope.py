@@ -9,6 +9,7 @@ Rows:
   fused-int8q   kernels.rms_norm_rope_int8 (attention8's int8 Q + scales, for lightx2v-int8; -rotN: its Hadamard
                 rotation in N-channel blocks instead of the default, rot1: none)
   fused-ksums   kernels.rms_norm_rope_column_sums (bf16 K + per-128-token column sums, for lightx2v-int8;
+                -wN: N warps per program; fused-int8q-wN, -rowsR-wN likewise, R tokens per program;
                 fused-ksums32: sums per 32 tokens, 4x the programs, in case 128-token programs starve the GPU)
   attn-unfused  lightx2v-int8 self-attention (14B only): eager norm + RoPE of q and k, then the backend
   attn-fused    the same from the projections (`from_projections`: the two fused modes, K mean from the sums)
@@ -41,6 +42,7 @@ from lightx2v_nodes.wan.model import apply_rope, rope_tables  # noqa: E402
 
 kernels = load_kernels()
 EPS = 1e-6
+WARPS = (4, 8, 16)  # warps per program for the -wN rows (the default: kernels/norm_rope.py ELEMENTS_PER_WARP)
 # name: (heads, head_dim, blocks, latent grid after patching)
 FULL = {"14B": (40, 128, 40, (21, 30, 52)), "1.3B": (12, 128, 30, (21, 30, 52))}
 TINY = {"tiny-5x128": (5, 128, 2, (1, 5, 7)), "tiny-3x64": (3, 64, 2, (1, 3, 9))}
@@ -122,7 +124,23 @@ def run_shape(shape, heads, head_dim, blocks, grid, device, args, compile_backen
                                 lambda: kernels.rms_norm_rope_int8(x, norm.weight, rotations, heads, EPS, rotation_block=block),
                                 least_bytes(x, heads, 1, extra=heads * ref8[1].shape[-1] * 4), device, args, shape,
                                 per_step, lambda out: {}))
+        for warps in WARPS:  # other warps per program than the default
+            rows.append(measure(f"fused-int8q-w{warps}",
+                                lambda: kernels.rms_norm_rope_int8(x, norm.weight, rotations, heads, EPS, warps=warps),
+                                least_bytes(x, heads, 1, extra=heads * ref8[1].shape[-1] * 4), device, args, shape,
+                                per_step, vs_int8_reference))
+        for rows_per_program, warps in ((2, 8), (4, 8), (4, 4)):
+            rows.append(measure(f"fused-int8q-rows{rows_per_program}-w{warps}",
+                                lambda: kernels.rms_norm_rope_int8(x, norm.weight, rotations, heads, EPS,
+                                                                   rows=rows_per_program, warps=warps),
+                                least_bytes(x, heads, 1, extra=heads * ref8[1].shape[-1] * 4), device, args, shape,
+                                per_step, vs_int8_reference))
         sums_bytes = heads * -(-x.shape[1] // 128) * head_dim * 4
+        for warps in WARPS:
+            rows.append(measure(f"fused-ksums-w{warps}",
+                                lambda: kernels.rms_norm_rope_column_sums(x, norm.weight, rotations, heads, EPS, warps=warps),
+                                least_bytes(x, heads, 2, extra=sums_bytes), device, args, shape, per_step,
+                                vs_reference_and_mean))
         rows.append(measure("fused-ksums", lambda: kernels.rms_norm_rope_column_sums(x, norm.weight, rotations, heads, EPS),
                             least_bytes(x, heads, 2, extra=sums_bytes), device, args, shape, per_step,
                             vs_reference_and_mean))

@@ -31,6 +31,13 @@ from .attention_8bit import (QUANT_BLOCK, ROTATION_BLOCK, _padded, _quantize_blo
                              rotation_channels)
 
 
+# Default warps per program: one per this many elements of the (power-of-2-padded) token row, at most 16; at most
+# COLUMN_SUMS_MAX_WARPS for the column-sums mode (128 tokens per program). H200, 32,760 tokens (bench/NOTES.md, stop 16):
+# 14B int8 Q 0.617 ms at 16 warps (0.635 at 8); 14B K + sums 0.332 ms at 8 warps, 0.544 at 16; 1.3B (4 warps) unchanged.
+ELEMENTS_PER_WARP = 512
+COLUMN_SUMS_MAX_WARPS = 8
+
+
 def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int,
                             eps: float) -> torch.Tensor:
     """The model's RMSNorm -> heads -> apply_rope in PyTorch, with the roundings written out."""
@@ -128,7 +135,7 @@ except ImportError:
 
 
 def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=None, scales=None, sums=None,
-            scale_factor=1.0, padded_len=0, rotation_block=1):
+            scale_factor=1.0, padded_len=0, rotation_block=1, warps=None, max_warps=16):
     if triton is None:
         raise RuntimeError("Triton is not installed")
     b, length, dim = x.shape
@@ -143,7 +150,8 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
     rotations = rotations.float().contiguous()
     out = out if out is not None else x  # a placeholder pointer where the mode writes no [B, L, H, D] tensor
     heads_p2, dim_p2 = triton.next_power_of_2(heads), triton.next_power_of_2(head_dim)
-    warps = max(1, min(16, heads_p2 * dim_p2 // 512))  # ~16 float32 values per thread and tensor
+    if warps is None:
+        warps = max(1, min(max_warps, heads_p2 * dim_p2 // ELEMENTS_PER_WARP))
     _norm_rope_kernel[(triton.cdiv(tokens, rows), b)](
         x, weight, rotations, out, q8 if q8 is not None else x, scales if scales is not None else x,
         sums if sums is not None else x, length, heads, dim, x.stride(0), x.stride(1),
@@ -153,14 +161,16 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int, eps: float,
-                  rows: int = 1) -> torch.Tensor:
-    """Triton version of rms_norm_rope_reference; rows: tokens per program."""
+                  rows: int = 1, warps: int | None = None) -> torch.Tensor:
+    """Triton version of rms_norm_rope_reference; rows: tokens per program; warps: per program (None: one per
+    ELEMENTS_PER_WARP elements of the padded row)."""
     out = x.new_empty((x.shape[0], x.shape[1], heads, x.shape[2] // heads))
-    _launch(0, x, weight, rotations, heads, eps, rows, x.shape[1], out=out)
+    _launch(0, x, weight, rotations, heads, eps, rows, x.shape[1], out=out, warps=warps)
     return out
 
 
-def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1, rotation_block: int = ROTATION_BLOCK):
+def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1, rotation_block: int = ROTATION_BLOCK,
+                       warps: int | None = None):
     """Triton version of rms_norm_rope_int8_reference: (int8 [B, H, Lpad, D], scales [B, H, Lpad] float32)."""
     b, length, dim = x.shape
     padded = _padded(length)
@@ -172,14 +182,16 @@ def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1, rotation
     q8 = torch.empty((b, heads, padded, head_dim), dtype=torch.int8, device=x.device)
     scales = torch.empty((b, heads, padded), dtype=torch.float32, device=x.device)
     _launch(1, x, weight, rotations, heads, eps, rows, padded, q8=q8, scales=scales,
-            scale_factor=q_scale_factor(head_dim, rotation_block), padded_len=padded, rotation_block=rotation_block)
+            scale_factor=q_scale_factor(head_dim, rotation_block), padded_len=padded, rotation_block=rotation_block,
+            warps=warps)
     return q8, scales
 
 
-def rms_norm_rope_column_sums(x, weight, rotations, heads, eps, block: int = QUANT_BLOCK):
+def rms_norm_rope_column_sums(x, weight, rotations, heads, eps, block: int = QUANT_BLOCK, warps: int | None = None):
     """Triton version of rms_norm_rope_column_sums_reference: (k [B, L, H, D], sums [B, H, Lpad / block, D])."""
     b, length, dim = x.shape
     out = x.new_empty((b, length, heads, dim // heads))
     sums = torch.empty((b, heads, -(-length // block), dim // heads), dtype=torch.float32, device=x.device)
-    _launch(2, x, weight, rotations, heads, eps, block, length, out=out, sums=sums)
+    _launch(2, x, weight, rotations, heads, eps, block, length, out=out, sums=sums, warps=warps,
+            max_warps=COLUMN_SUMS_MAX_WARPS)
     return out, sums
