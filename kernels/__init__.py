@@ -1,4 +1,4 @@
-"""Triton kernels for the quantized linear layers, 8-bit attention, LoRA side branches and the fused q/k RMSNorm + RoPE, each next to its plain-PyTorch reference.
+"""Triton kernels for the quantized linear layers (and the LayerNorm + quantization feeding them), 8-bit attention, LoRA side branches and the fused q/k RMSNorm + RoPE, each next to its plain-PyTorch reference.
 
 Importing this package never fails: without Triton, `TRITON_AVAILABLE` is False and only the references
 exist. `TRITON_INTERPRET=1` (set before this package is imported) runs the kernels on the CPU for tests.
@@ -16,8 +16,9 @@ from .attention_8bit import (ATTENTION_TILES, attention8, attention8_reference, 
 from .lowrank_add import lowrank_add_, lowrank_add_reference  # noqa: E402
 from .act_quant import (gelu_quantize_per_token, gelu_quantize_per_token_reference,  # noqa: E402
                         quantize_per_token, quantize_per_token_reference)
+from .norm_quant import layer_norm_quantize, layer_norm_quantize_reference  # noqa: E402
 from .scaled_gemm import scaled_gemm, scaled_gemm_reference  # noqa: E402
 from .norm_rope import (rms_norm_rope, rms_norm_rope_column_sums, rms_norm_rope_column_sums_reference,  # noqa: E402
                         rms_norm_rope_int8, rms_norm_rope_int8_reference, rms_norm_rope_reference)
 
-__all__ = ["TRITON_AVAILABLE", "ATTENTION_TILES", "attention8", "attention8_reference", "quantize_kv", "quantize_qkv", "quantize_qkv_reference", "lowrank_add_", "lowrank_add_reference", "gelu_quantize_per_token", "gelu_quantize_per_token_reference", "quantize_per_token", "quantize_per_token_reference", "scaled_gemm", "scaled_gemm_reference", "rms_norm_rope", "rms_norm_rope_reference", "rms_norm_rope_int8", "rms_norm_rope_int8_reference", "rms_norm_rope_column_sums", "rms_norm_rope_column_sums_reference"]
+__all__ = ["TRITON_AVAILABLE", "ATTENTION_TILES", "attention8", "attention8_reference", "quantize_kv", "quantize_qkv", "quantize_qkv_reference", "lowrank_add_", "lowrank_add_reference", "gelu_quantize_per_token", "gelu_quantize_per_token_reference", "quantize_per_token", "quantize_per_token_reference", "layer_norm_quantize", "layer_norm_quantize_reference", "scaled_gemm", "scaled_gemm_reference", "rms_norm_rope", "rms_norm_rope_reference", "rms_norm_rope_int8", "rms_norm_rope_int8_reference", "rms_norm_rope_column_sums", "rms_norm_rope_column_sums_reference"]

@@ -209,6 +209,11 @@ class BackendDispatcher:
                             str(exc).splitlines()[0][:200], DESCRIPTIONS[order[1]])
                 order.pop(0)
 
+    def gemm(self, fmt, mode, xq, sx, weight, scale, bias, out_dtype):
+        """The layer's output for an input quantized already (xq, sx): the chosen backend's GEMM alone."""
+        name = self.select(fmt, mode, xq.device, xq.shape[0], xq.shape[1], weight.shape[0])
+        return _GEMMS[name](xq, sx, weight, scale, bias, out_dtype)
+
     def reset(self):
         self._chosen.clear()
 
@@ -257,6 +262,12 @@ if hasattr(torch, "compiler") and hasattr(torch.compiler, "assume_constant_resul
     _choice_for_trace = torch.compiler.assume_constant_result(_choice_for_trace)
 
 
+def takes_quantized_input(fmt: str, mode: str, device: torch.device, m: int, k: int, n: int) -> bool:
+    """Whether an [m, k] x [n, k]^T call's backend multiplies an already quantized input (all but weight-only
+    compute). Traceable: the choice is a constant to dynamo."""
+    return mode == "w8a8" and _choice_for_trace(fmt, mode, str(device), m, k, n) != "weight_only"
+
+
 # Compiled linears on CUDA: our quantization kernel as an opaque op (False), or the reference's torch ops for inductor
 # to fuse into the kernel that produced x (True; GELU + quantization stays ours either way). H200, compiled fp8 step:
 # 14B 1.973 vs 1.978 s, 1.3B 0.393 vs 0.397 s (bench/NOTES.md, stop 16; dit_forward.py --quant-ab).
@@ -274,3 +285,9 @@ def compiled_linear(fmt, mode, x, weight, scale, bias, gelu=False):
     else:
         xq, sx = _reference_quantizer(gelu)(x, weight.dtype)
     return _GEMMS[name](xq, sx, weight, scale, bias, x.dtype)
+
+
+def compiled_gemm(fmt, mode, xq, sx, weight, scale, bias, out_dtype):
+    """dispatch.gemm, written to be traced by torch.compile."""
+    name = _choice_for_trace(fmt, mode, str(xq.device), xq.shape[0], xq.shape[1], weight.shape[0])
+    return _GEMMS[name](xq, sx, weight, scale, bias, out_dtype)

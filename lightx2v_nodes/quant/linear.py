@@ -9,14 +9,26 @@ and with it the original `weight_scale`, so patching and unpatching are exact.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 
-from .backends import compiled_linear, dispatch
+from .backends import compiled_gemm, compiled_linear, dispatch
 from .formats import FORMATS, QMAX, format_of_dtype, quantize_weight
 
 MODES = ("w8a8", "weight_only")
 _PATCHED_SCALE = "_lightx2v_scale"
+
+
+class QuantizedActivation(NamedTuple):
+    """An input already quantized per token for the 8-bit linears it feeds (wan/norm_quant.py makes it: one
+    quantization shared by q, k and v). `shape` is the input's [..., in_features], `dtype` the outputs' dtype."""
+
+    values: torch.Tensor  # [tokens, in_features] int8 or float8_e4m3fn
+    scales: torch.Tensor  # [tokens, 1] float32
+    shape: torch.Size
+    dtype: torch.dtype
 
 
 class QuantLinear(nn.Module):
@@ -61,7 +73,9 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.fmt} {self.mode}, bias={self.bias is not None}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        if isinstance(x, QuantizedActivation):
+            return self._prequantized_linear(x)
         return self._linear(x, gelu=False)
 
     def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,25 +86,36 @@ class QuantLinear(nn.Module):
         """
         return self._linear(x, gelu=True)
 
-    def _linear(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
+    def _weights(self, device: torch.device):
+        """Weight, scale and bias on `device`, with ComfyUI's per-forward weight/bias patches applied."""
         weight, scale = self.weight, self.current_scale()
-        if weight.device != x.device:  # ComfyUI low-VRAM mode keeps weights on the host
-            weight = weight.to(x.device, non_blocking=True)
-        scale = scale.to(x.device, non_blocking=True)
+        if weight.device != device:  # ComfyUI low-VRAM mode keeps weights on the host
+            weight = weight.to(device, non_blocking=True)
+        scale = scale.to(device, non_blocking=True)
         for patch in self.weight_function:  # ComfyUI's LowVramPatch: returns the requantized merged weight
             weight = patch(weight)
         bias = self.bias
         if bias is not None:
-            bias = bias.to(x.device, non_blocking=True)
+            bias = bias.to(device, non_blocking=True)
             for patch in self.bias_function:
                 bias = patch(bias)
+        return weight, scale, bias
+
+    def _linear(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
+        weight, scale, bias = self._weights(x.device)
         x2d = x.reshape(-1, self.in_features)
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
-        if _is_compiling():  # torch.compile traces this: same backend, kernels as opaque custom ops
-            y = compiled_linear(self.fmt, self.mode, x2d, weight, scale, bias, gelu)
-        else:
-            y = dispatch(self.fmt, self.mode, x2d, weight, scale, bias, gelu)
+        run = compiled_linear if _is_compiling() else dispatch  # compiled: same backend, kernels as opaque custom ops
+        y = run(self.fmt, self.mode, x2d, weight, scale, bias, gelu)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _prequantized_linear(self, x: QuantizedActivation) -> torch.Tensor:
+        if x.values.dtype != self.weight.dtype or self.mode != "w8a8":
+            raise ValueError(f"a {x.values.dtype} quantized input cannot feed this {self.fmt} {self.mode} layer")
+        weight, scale, bias = self._weights(x.values.device)
+        run = compiled_gemm if _is_compiling() else dispatch.gemm
+        y = run(self.fmt, self.mode, x.values, x.scales, weight, scale, bias, x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     # ---- ComfyUI weight patching (comfy.model_patcher.get_key_weight finds these by name) ----

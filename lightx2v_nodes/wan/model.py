@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import LightX2VError
-from . import norm_rope
+from . import norm_quant, norm_rope
 from .attention import attention_function, resolve_backend
 from .config import CLIP_DIM, PATCH_SIZE
 
@@ -92,12 +92,14 @@ class SelfAttention(nn.Module):
         return apply_rope(self.heads(norm(projection)), rope)
 
     def forward(self, x, rope):
+        """x: the normed input [B, L, dim], or a QuantizedActivation of it (wan/norm_quant.py)."""
+        q = self.q(x)
         # A backend may take the un-normed projections and fuse the norms and RoPE into its own input pass.
         from_projections = getattr(self.attend, "from_projections", None)
-        if (from_projections is not None and norm_rope.applies(x, self.norm_q, self.num_heads)
-                and norm_rope.applies(x, self.norm_k, self.num_heads)):
-            return self.o(from_projections(self.q(x), self.k(x), self.heads(self.v(x)), self.norm_q, self.norm_k, rope))
-        q = self.normed_roped(self.q(x), self.norm_q, rope)
+        if (from_projections is not None and norm_rope.applies(q, self.norm_q, self.num_heads)
+                and norm_rope.applies(q, self.norm_k, self.num_heads)):
+            return self.o(from_projections(q, self.k(x), self.heads(self.v(x)), self.norm_q, self.norm_k, rope))
+        q = self.normed_roped(q, self.norm_q, rope)
         k = self.normed_roped(self.k(x), self.norm_k, rope)
         return self.o(self.attend(q, k, self.heads(self.v(x))))
 
@@ -152,16 +154,12 @@ def chunked_tokens(fn, length: int, chunk: int) -> list[torch.Tensor]:
     return outs
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
 def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """ffn(x) for Linear -> GELU(tanh) -> Linear. An 8-bit second linear (QuantLinear) takes the GELU into its
     activation quantization instead: the [tokens, ffn_dim] GELU output is then never written. Layers with hooks
     (e.g. a LoRA side branch) keep the plain call, so their hooks run."""
     second = ffn[2]
-    if not getattr(second, "gelu_fusion", False) or any(_has_hooks(m) for m in (ffn, ffn[1], second)):
+    if not getattr(second, "gelu_fusion", False) or any(norm_quant.has_hooks(m) for m in (ffn, ffn[1], second)):
         return ffn(x)
     return second.forward_gelu(ffn[0](x))
 
@@ -182,15 +180,28 @@ class WanBlock(nn.Module):
         """shift/scale/gate for both modulated sub-layers: 6 tensors [B, 1, dim]."""
         return (self.modulation.to(device=x.device, dtype=x.dtype) + e0).chunk(6, dim=1)
 
+    # The inputs of the phases' first linears: norm (+ modulation), quantized once in a fused kernel where the linears
+    # are 8-bit (wan/norm_quant.py), else the module ops' 16-bit tensor.
+
+    def self_attention_input(self, x, mod):
+        attn = self.self_attn
+        return norm_quant.modulated(self.norm1, x, mod[0], mod[1], (attn.q, attn.k, attn.v))
+
+    def cross_attention_input(self, x):
+        return norm_quant.normed(self.norm3, x, (self.cross_attn.q,))
+
+    def ffn_input(self, x, mod):
+        return norm_quant.modulated(self.norm2, x, mod[3], mod[4], (self.ffn[0],), containers=(self.ffn,))
+
     def self_attention_phase(self, x, mod, rope):
-        y = self.self_attn(torch.addcmul(mod[0], self.norm1(x), 1 + mod[1]), rope)
+        y = self.self_attn(self.self_attention_input(x, mod), rope)
         return torch.addcmul(x, y, mod[2])
 
     def cross_attention_phase(self, x, context, context_img_len):
-        return x + self.cross_attn(self.norm3(x), context, context_img_len)
+        return x + self.cross_attn(self.cross_attention_input(x), context, context_img_len)
 
     def ffn_phase(self, x, mod):
-        y = feed_forward(self.ffn, torch.addcmul(mod[3], self.norm2(x), 1 + mod[4]))
+        y = feed_forward(self.ffn, self.ffn_input(x, mod))
         return torch.addcmul(x, y, mod[5])
 
     # Token-chunked variants of the phases (used when `token_chunk` is set). Every op they chunk is per token
@@ -205,7 +216,7 @@ class WanBlock(nn.Module):
         attn, length = self.self_attn, x.shape[1]
 
         def qkv(s):
-            y = torch.addcmul(mod[0], self.norm1(x[:, s]), 1 + mod[1])
+            y = self.self_attention_input(x[:, s], mod)
             q = attn.normed_roped(attn.q(y), attn.norm_q, rope[s])
             return q, attn.normed_roped(attn.k(y), attn.norm_k, rope[s]), attn.heads(attn.v(y))
 
@@ -218,13 +229,13 @@ class WanBlock(nn.Module):
 
     def cross_attention_phase_chunked(self, x, context, context_img_len):
         attn = self.cross_attn
-        (q,) = chunked_tokens(lambda s: (attn.heads(attn.norm_q(attn.q(self.norm3(x[:, s])))),), x.shape[1], self.token_chunk)
+        (q,) = chunked_tokens(lambda s: (attn.heads(attn.norm_q(attn.q(self.cross_attention_input(x[:, s])))),), x.shape[1],
+                              self.token_chunk)
         return x + attn(None, context, context_img_len, q=q)
 
     def ffn_phase_chunked(self, x, mod):
         def ffn(s):  # ffn_phase's ops on one chunk (not a call of it: torch.compile may have replaced that one)
-            return (torch.addcmul(x[:, s], feed_forward(self.ffn, torch.addcmul(mod[3], self.norm2(x[:, s]), 1 + mod[4])),
-                                  mod[5]),)
+            return (torch.addcmul(x[:, s], feed_forward(self.ffn, self.ffn_input(x[:, s], mod)), mod[5]),)
 
         return chunked_tokens(ffn, x.shape[1], self.token_chunk)[0]
 
