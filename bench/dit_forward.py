@@ -9,7 +9,7 @@ its block linears quantized (fp8/int8 W8A8, lightx2v_nodes.quant) against the sa
 each --quant format: rows `<attn>+compile` and `<attn>+compile+<fmt>`; `compile_s` is the first (compiling)
 call. Writes JSON to $OUT or bench/results/.
 
-  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile [--gelu-ab] [--quant-ab]] [--rows R1,R2] [--tiny]
+  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile [--gelu-ab] [--quant-ab] [--norm-quant-ab]] [--rows R1,R2] [--tiny]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E4
 
 from lightx2v_nodes.quant import QuantLinear, quantize_dit_  # noqa: E402
 from lightx2v_nodes.quant import backends as quant_backends  # noqa: E402
-from lightx2v_nodes.wan import synthetic  # noqa: E402
+from lightx2v_nodes.wan import norm_quant, synthetic  # noqa: E402
 from lightx2v_nodes.wan.compile import CompileSettings, compile_blocks  # noqa: E402
 from lightx2v_nodes.wan.config import WanConfig  # noqa: E402
 from lightx2v_nodes.wan.model import WanDiT  # noqa: E402
@@ -136,20 +136,24 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
     base = next(r for r in rows if r["size"] == size and "+" not in r["backend"])
     backend = "aot_eager" if args.tiny else "inductor"  # --tiny checks the code path without C++ codegen
     result = []
-    # (format, GELU fused into the FFN's quantization, inductor's own activation quantization)
-    variants = [(None, True, False)] + [(fmt, True, False) for fmt in filter(None, args.quant.split(","))]
-    quantized = variants[1:]
+    # (format, GELU fused into the FFN's quantization, inductor's own activation quantization, LayerNorm fused into it)
+    variants = [(None, True, False, True)] + [(fmt, True, False, True) for fmt in filter(None, args.quant.split(","))]
+    quantized = [v[0] for v in variants[1:]]
     if args.gelu_ab:
-        variants += [(fmt, False, False) for fmt, _, _ in quantized]
+        variants += [(fmt, False, False, True) for fmt in quantized]
     if args.quant_ab:
-        variants += [(fmt, True, True) for fmt, _, _ in quantized]
-    for fmt, gelu_fusion, inductor_quantization in variants:
+        variants += [(fmt, True, True, False) for fmt in quantized]
+    if args.norm_quant_ab:
+        variants += [(fmt, True, False, False) for fmt in quantized]
+    for fmt, gelu_fusion, inductor_quantization, norm_fused in variants:
         name = (f"{base['backend']}+compile" + (f"+{fmt}" if fmt else "") + ("" if gelu_fusion else "+unfused-gelu")
-                + ("+inductor-quant" if inductor_quantization else ""))
+                + ("+inductor-quant" if inductor_quantization else "")
+                + ("+unfused-norm-quant" if fmt and not norm_fused and not inductor_quantization else ""))
         if not wanted(args, name):
             continue
         QuantLinear.gelu_fusion = gelu_fusion
         quant_backends.INDUCTOR_QUANTIZATION = inductor_quantization
+        norm_quant.FUSED = norm_fused
         torch._dynamo.reset()  # each variant compiles its own graphs; none evicts another's cache entries
         with torch.device("meta"):
             model = WanDiT(**cfg.unet_config(), dtype=dtype, attention_backend=base["backend"])
@@ -176,6 +180,7 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
                        **agreement(out_c, out_native), "compile_s": compile_s, "compile_failed": phases.failed})
         QuantLinear.gelu_fusion = True
         quant_backends.INDUCTOR_QUANTIZATION = False
+        norm_quant.FUSED = True
         del model, phases
         gc.collect()  # installed phases reference their blocks (a cycle): free this variant's weights now
         if device.type == "cuda":
@@ -195,7 +200,10 @@ def main():
     parser.add_argument("--compile-mode", default="default", help="LightX2V Compile DiT's mode for the compiled rows")
     parser.add_argument("--quant-ab", action="store_true",
                         help="with --compile --quant: also time each quantized compiled row with inductor's own activation "
-                        "quantization instead of our kernel (rows +inductor-quant)")
+                        "quantization instead of our kernels, LayerNorm + modulation included (rows +inductor-quant)")
+    parser.add_argument("--norm-quant-ab", action="store_true",
+                        help="with --compile --quant: also time each quantized compiled row with the block's LayerNorms and "
+                        "modulation unfused from the quantization (rows +unfused-norm-quant)")
     parser.add_argument("--gelu-ab", action="store_true",
                         help="with --compile --quant: also time each quantized compiled row with GELU unfused from the quantization")
     parser.add_argument("--rows", default="", help="comma list of our quantized/compiled rows to run, e.g. "

@@ -23,6 +23,8 @@ from ..quant.kernel_import import load_kernels
 from ..quant.linear import QuantizedActivation, QuantLinear
 
 _kernels = load_kernels()
+# False: the module ops, then each linear's own quantization (the A/B of bench/dit_forward.py --norm-quant-ab).
+FUSED = True
 
 
 def _runs_here(x: torch.Tensor) -> bool:
@@ -46,7 +48,7 @@ def _plain_norm(norm: nn.Module, x: torch.Tensor) -> bool:
 
 def applies(norm: nn.Module, x: torch.Tensor, linears, containers=()) -> bool:
     """True where the fused kernel can replace norm(x) (and the modulation) as the input of every layer in `linears`."""
-    if not (_runs_here(x) and x.dim() == 3 and _plain_norm(norm, x)):
+    if not (FUSED and _runs_here(x) and x.dim() == 3 and _plain_norm(norm, x)):
         return False
     if not all(isinstance(layer, QuantLinear) for layer in linears) or len({layer.weight.dtype for layer in linears}) != 1:
         return False
