@@ -8,10 +8,10 @@ Rows:
                 what the uncompiled model ran before the fusion, per linear fed (q, k and v each quantized it)
   compiled      the module ops under torch.compile, then our quantization kernel (the compiled model before)
   inductor      the module ops and the reference quantization all under torch.compile (inductor fuses them itself)
-  fused         kernels.layer_norm_quantize (one pass for rows up to 2,048 wide, three passes over 1,024-wide chunks
-                above); fused-blockN: N-wide chunks; fused-onepass: the whole 5,120 row in registers
+  fused         kernels.layer_norm_quantize (whole rows in registers); fused-rowsR-wN: R rows, N warps per program
 GB/s: the least traffic (read x, write the 8-bit values and the scales) / time. Errors vs
-kernels.layer_norm_quantize_reference: largest difference in 8-bit steps, share of values that differ.
+kernels.layer_norm_quantize_reference: largest difference of the dequantized values over their row's absmax, share of
+8-bit values that differ.
 
   python bench/norm_quant.py [--runs 20] [--warmup 5] [--tiny]
   (--tiny: small shapes on the CPU, the kernel under TRITON_INTERPRET=1, torch.compile with aot_eager)
@@ -35,13 +35,13 @@ from bench_common import device_name, median_seconds, results_dir  # noqa: E402 
 from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
 
 kernels = load_kernels()
-norm_quant_kernels = sys.modules[kernels.__name__ + ".norm_quant"]
 EPS = 1e-6
 QDTYPE = torch.float8_e4m3fn
 # name: (dim, blocks, tokens)
 FULL = {"14B": (5120, 40, 32760), "1.3B": (1536, 30, 32760)}
 TINY = {"tiny-200": (200, 2, 45), "tiny-64": (64, 2, 45)}
 CALLS_PER_BLOCK = {"modulated": 2, "affine": 1}
+ROWS_WARPS = ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 8))  # the fused-rowsR-wN rows
 
 
 def setup(dim, tokens, device, seed=0):
@@ -62,11 +62,13 @@ def inductor_all(x, **kw):
     return kernels.quantize_per_token_reference(module_ops(x, **kw).reshape(-1, x.shape[-1]), QDTYPE)
 
 
-def steps_apart(got, want):
-    """The largest difference in e4m3 steps (2^(exponent - 3) around the reference value) and the share that differ."""
-    step = torch.exp2(torch.floor(torch.log2(want[0].float().abs().clamp_min(2.0 ** -6))) - 3)
-    diff = (got[0].float() - want[0].float()).abs() / step
-    return {"max_steps": diff.max().item(), "differ": (diff > 0).float().mean().item(),
+def errors(got, want):
+    """Largest difference of the dequantized values as a share of their row's absmax, the share of 8-bit values that
+    differ, and the largest relative difference of the scales."""
+    values, want_values = got[0].float() * got[1], want[0].float() * want[1]
+    absmax = want_values.abs().amax(dim=1, keepdim=True)
+    return {"max_of_absmax": ((values - want_values).abs() / absmax).max().item(),
+            "differ": (got[0].float() != want[0].float()).float().mean().item(),
             "scale_rel": ((got[1] - want[1]).abs() / want[1]).max().item()}
 
 
@@ -75,7 +77,6 @@ def run_shape(shape, dim, blocks, tokens, device, args, compile_backend):
     least = tokens * (dim * (x.element_size() + 1) + 4)
     compiled_ops = torch.compile(module_ops, backend=compile_backend, dynamic=False)
     compiled_all = torch.compile(inductor_all, backend=compile_backend, dynamic=False)
-    blocks_to_try = [b for b in (512, 2048) if b <= dim] if not args.tiny else [32]
     rows = []
     for kind, kw in kinds.items():
         want = kernels.layer_norm_quantize_reference(x, QDTYPE, EPS, **kw)
@@ -85,31 +86,19 @@ def run_shape(shape, dim, blocks, tokens, device, args, compile_backend):
             "inductor": lambda: compiled_all(x, **kw),
             "fused": lambda: kernels.layer_norm_quantize(x, QDTYPE, EPS, **kw),
         }
-        for block in blocks_to_try:
-            variants[f"fused-block{block}"] = lambda block=block: kernels.layer_norm_quantize(x, QDTYPE, EPS, **kw,
-                                                                                               block=block)
-        if dim > norm_quant_kernels.ONE_PASS_MAX_WIDTH:
-            variants["fused-onepass"] = lambda: one_pass(x, kw)
+        for rows_per_program, warps in ROWS_WARPS:
+            variants[f"fused-rows{rows_per_program}-w{warps}"] = (
+                lambda r=rows_per_program, w=warps: kernels.layer_norm_quantize(x, QDTYPE, EPS, **kw, rows=r, warps=w))
         for name, fn in variants.items():
             with torch.inference_mode():
                 seconds = median_seconds(fn, args.warmup, args.runs, device)
-                check = steps_apart(fn(), want)
+                check = errors(fn(), want)
             row = {"shape": shape, "kind": kind, "variant": name, "ms": seconds * 1e3,
                    "ms_per_step": seconds * 1e3 * blocks * CALLS_PER_BLOCK[kind], "GB/s": least / seconds / 1e9, **check}
             rows.append(row)
-            print(f"{shape:>8} {kind:<9} {name:<15} {row['ms']:8.3f} ms {row['GB/s']:7.1f} GB/s  max steps "
-                  f"{check['max_steps']:.0f}, differ {check['differ']:.1e}, scale rel {check['scale_rel']:.1e}", flush=True)
+            print(f"{shape:>8} {kind:<9} {name:<16} {row['ms']:8.3f} ms {row['GB/s']:7.1f} GB/s  max diff / absmax "
+                  f"{check['max_of_absmax']:.1e}, differ {check['differ']:.1e}, scale rel {check['scale_rel']:.1e}", flush=True)
     return rows
-
-
-def one_pass(x, kw):
-    """The one-pass kernel over a whole power-of-2-padded row, for rows wider than it takes by default."""
-    saved = norm_quant_kernels.ONE_PASS_MAX_WIDTH
-    norm_quant_kernels.ONE_PASS_MAX_WIDTH = 1 << 30
-    try:
-        return kernels.layer_norm_quantize(x, QDTYPE, EPS, **kw)
-    finally:
-        norm_quant_kernels.ONE_PASS_MAX_WIDTH = saved
 
 
 def main():
@@ -132,10 +121,10 @@ def main():
     with open(path, "w") as f:
         json.dump({"device": device_name(device), "torch": torch.__version__, "rows": rows}, f, indent=2)
     print(f"\n{device_name(device)}; fp8 out; written {path}")
-    print(f"{'shape':>8} {'kind':<9} {'variant':<15} {'ms':>8} {'ms/step':>8} {'GB/s':>7} {'steps':>5} {'differ':>8}")
+    print(f"{'shape':>8} {'kind':<9} {'variant':<16} {'ms':>8} {'ms/step':>8} {'GB/s':>7} {'diff/max':>8} {'differ':>8}")
     for r in rows:
-        print(f"{r['shape']:>8} {r['kind']:<9} {r['variant']:<15} {r['ms']:8.3f} {r['ms_per_step']:8.2f} {r['GB/s']:7.1f} "
-              f"{r['max_steps']:5.0f} {r['differ']:8.1e}")
+        print(f"{r['shape']:>8} {r['kind']:<9} {r['variant']:<16} {r['ms']:8.3f} {r['ms_per_step']:8.2f} {r['GB/s']:7.1f} "
+              f"{r['max_of_absmax']:8.1e} {r['differ']:8.1e}")
 
 
 if __name__ == "__main__":

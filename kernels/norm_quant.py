@@ -19,10 +19,11 @@ import torch.nn.functional as F
 
 from .act_quant import QMAX, quantize_per_token_reference
 
-# Rows up to this wide are held in registers, several per program (one read of x, exact two-step variance). Wider
-# rows take three passes over chunks of the row, the later two from L2 (as act_quant.py's wide kernel does).
-ONE_PASS_MAX_WIDTH = 2048
+# Whole rows are held in registers (Wan's widths: 1,536, 3,072, 5,120): up to ROW_ELEMENTS_PER_PROGRAM elements of
+# rows per program, ELEMENTS_PER_WARP per warp, up to 8 warps.
+MAX_WIDTH = 16384
 ROW_ELEMENTS_PER_PROGRAM = 4096
+ELEMENTS_PER_WARP = 512
 
 
 def layer_norm_quantize_reference(x: torch.Tensor, qdtype: torch.dtype, eps: float, weight=None, bias=None, shift=None,
@@ -59,7 +60,7 @@ try:
                     stride_scale, AFFINE: tl.constexpr, MODULATE: tl.constexpr, OUT: tl.constexpr,
                     INTERPRETED: tl.constexpr):
         """(x - mean) * rstd, then the affine weight/bias or the modulation, each step rounded to OUT as the module
-        ops round it; float32 out, 0 where col_mask is off (centered is 0 there)."""
+        ops round it; float32 out, 0 in the columns col_mask leaves out (centered is 0 there)."""
         y = centered * rstd
         if AFFINE:
             w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
@@ -73,79 +74,51 @@ try:
         return y
 
     @triton.jit
-    def _norm_quant_rows_kernel(x_ptr, w_ptr, b_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr, M, L, D, stride_xb, stride_xl,
-                                stride_shift, stride_scale, eps, AFFINE: tl.constexpr, MODULATE: tl.constexpr,
-                                QMAX_C: tl.constexpr, IS_INT8: tl.constexpr, INTERPRETED: tl.constexpr,
-                                ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    def _norm_quant_kernel(x_ptr, w_ptr, b_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr, M, L, D, stride_xb, stride_xl,
+                           stride_shift, stride_scale, eps, AFFINE: tl.constexpr, MODULATE: tl.constexpr,
+                           QMAX_C: tl.constexpr, IS_INT8: tl.constexpr, INTERPRETED: tl.constexpr, ROWS: tl.constexpr,
+                           HEAD: tl.constexpr, TAIL: tl.constexpr):
+        # ROWS whole rows in registers, each as a power-of-2 head (HEAD <= D) and a power-of-2 tail: no lanes idle
+        # where D is a sum of two powers of 2 (5,120 = 4,096 + 1,024; 1,536 = 1,024 + 512), one read of x, and an
+        # exact two-step variance.
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        cols = tl.arange(0, BLOCK)
         rows64 = rows.to(tl.int64)
-        token = tl.minimum(rows64, M - 1)  # rows past the end read the last row's modulation (their stores are masked)
+        token = tl.minimum(rows64, M - 1)  # rows past the end read the last row (their stores are masked)
         batch = token // L
-        col_mask = cols[None, :] < D
-        mask = (rows[:, None] < M) & col_mask
-        x = tl.load(x_ptr + (batch * stride_xb + (token % L) * stride_xl)[:, None] + cols[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=1) / D
-        centered = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = tl.math.rsqrt(tl.sum(centered * centered, axis=1) / D + eps)
-        y = _normalized(centered, rstd[:, None], batch[:, None], cols[None, :], col_mask, w_ptr, b_ptr, shift_ptr,
-                        scale_ptr, stride_shift, stride_scale, AFFINE, MODULATE, x_ptr.dtype.element_ty, INTERPRETED)
-        absmax = tl.maximum(tl.max(tl.abs(y), axis=1), 1e-12)
+        x_rows = (x_ptr + batch * stride_xb + (token % L) * stride_xl)[:, None]
+        head = tl.arange(0, HEAD)[None, :]
+        tail = HEAD + tl.arange(0, TAIL)[None, :]
+        row_ok = (rows < M)[:, None]
+        head_mask = row_ok & (head < D)
+        tail_mask = row_ok & (tail < D)
+        x_head = tl.load(x_rows + head, mask=head_mask, other=0.0).to(tl.float32)
+        x_tail = tl.load(x_rows + tail, mask=tail_mask, other=0.0).to(tl.float32)
+        mean = ((tl.sum(x_head, axis=1) + tl.sum(x_tail, axis=1)) / D)[:, None]
+        c_head = tl.where(head_mask, x_head - mean, 0.0)
+        c_tail = tl.where(tail_mask, x_tail - mean, 0.0)
+        rstd = tl.math.rsqrt((tl.sum(c_head * c_head, axis=1) + tl.sum(c_tail * c_tail, axis=1)) / D + eps)[:, None]
+        # The columns' masks only: every row's addresses are valid (clamped above), and the masks then match the shapes
+        # of the weight's [1, N] and the modulation's [ROWS, N] loads alike.
+        y_head = _normalized(c_head, rstd, batch[:, None], head, head < D, w_ptr, b_ptr, shift_ptr, scale_ptr,
+                             stride_shift, stride_scale, AFFINE, MODULATE, x_ptr.dtype.element_ty, INTERPRETED)
+        y_tail = _normalized(c_tail, rstd, batch[:, None], tail, tail < D, w_ptr, b_ptr, shift_ptr, scale_ptr,
+                             stride_shift, stride_scale, AFFINE, MODULATE, x_ptr.dtype.element_ty, INTERPRETED)
+        absmax = tl.maximum(tl.maximum(tl.max(tl.abs(y_head), axis=1), tl.max(tl.abs(y_tail), axis=1)), 1e-12)
         scale = tl.math.div_rn(absmax, QMAX_C)
         tl.store(s_ptr + rows, scale, mask=rows < M)
-        q = _quantize_values(y, scale[:, None], tl.math.div_rn(1.0, scale)[:, None], QMAX_C, IS_INT8, INTERPRETED)
-        tl.store(q_ptr + rows64[:, None] * D + cols[None, :], q.to(q_ptr.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _norm_quant_kernel(x_ptr, w_ptr, b_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr, L, D, stride_xb, stride_xl,
-                           stride_shift, stride_scale, eps, AFFINE: tl.constexpr, MODULATE: tl.constexpr,
-                           QMAX_C: tl.constexpr, IS_INT8: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
-        # One row (D >= BLOCK) in three passes: statistics, absmax, quantize.
-        row = tl.program_id(0).to(tl.int64)
-        batch = row // L
-        x_row = x_ptr + batch * stride_xb + (row % L) * stride_xl
-        lanes = tl.arange(0, BLOCK)
-        # Per-lane sums of x minus the lane's first value (so no cancellation where a row sits far from 0), combined
-        # across lanes with Chan's formula: the variance as accurate as a two-pass one.
-        first = tl.load(x_row + lanes).to(tl.float32)
-        count = tl.zeros([BLOCK], dtype=tl.float32)
-        total = tl.zeros([BLOCK], dtype=tl.float32)
-        squares = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, D, BLOCK):
-            cols = start + lanes
-            m = cols < D
-            d = tl.where(m, tl.load(x_row + cols, mask=m, other=0.0).to(tl.float32) - first, 0.0)
-            count += m.to(tl.float32)
-            total += d
-            squares += d * d
-        lane_mean = first + total / count
-        mean = tl.sum(count * lane_mean, axis=0) / D
-        spread = lane_mean - mean
-        m2 = tl.sum(squares - total * total / count + count * spread * spread, axis=0)
-        rstd = tl.math.rsqrt(m2 / D + eps)
-        absmax = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, D, BLOCK):
-            cols = start + lanes
-            m = cols < D
-            centered = tl.where(m, tl.load(x_row + cols, mask=m, other=0.0).to(tl.float32) - mean, 0.0)
-            y = _normalized(centered, rstd, batch, cols, m, w_ptr, b_ptr, shift_ptr, scale_ptr, stride_shift,
-                            stride_scale, AFFINE, MODULATE, x_ptr.dtype.element_ty, INTERPRETED)
-            absmax = tl.maximum(absmax, tl.abs(y))
-        scale = tl.math.div_rn(tl.maximum(tl.max(absmax, axis=0), 1e-12), QMAX_C)
-        tl.store(s_ptr + row, scale)
-        reciprocal = tl.math.div_rn(1.0, scale)
-        for start in range(0, D, BLOCK):
-            cols = start + lanes
-            m = cols < D
-            centered = tl.where(m, tl.load(x_row + cols, mask=m, other=0.0).to(tl.float32) - mean, 0.0)
-            y = _normalized(centered, rstd, batch, cols, m, w_ptr, b_ptr, shift_ptr, scale_ptr, stride_shift,
-                            stride_scale, AFFINE, MODULATE, x_ptr.dtype.element_ty, INTERPRETED)
-            q = _quantize_values(y, scale, reciprocal, QMAX_C, IS_INT8, INTERPRETED)
-            tl.store(q_ptr + row * D + cols, q.to(q_ptr.dtype.element_ty), mask=m)
+        reciprocal = tl.math.div_rn(1.0, scale)[:, None]
+        q_rows = q_ptr + rows64[:, None] * D
+        q = _quantize_values(y_head, scale[:, None], reciprocal, QMAX_C, IS_INT8, INTERPRETED)
+        tl.store(q_rows + head, q.to(q_ptr.dtype.element_ty), mask=head_mask)
+        q = _quantize_values(y_tail, scale[:, None], reciprocal, QMAX_C, IS_INT8, INTERPRETED)
+        tl.store(q_rows + tail, q.to(q_ptr.dtype.element_ty), mask=tail_mask)
 
 except ImportError:
     triton = None
+
+def _floor_power_of_2(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
 
 def _batch_stride(t: torch.Tensor | None, batches: int) -> int:
     if t is None:
@@ -156,36 +129,32 @@ def _batch_stride(t: torch.Tensor | None, batches: int) -> int:
 
 
 def layer_norm_quantize(x: torch.Tensor, qdtype: torch.dtype, eps: float, weight=None, bias=None, shift=None, scale=None,
-                        block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton version of layer_norm_quantize_reference. x [B, L, D] with a contiguous last dim (any batch and token
-    strides, so a token slice of a batch needs no copy); weight/bias [D] or shift/scale [B or 1, 1, D], or neither.
-    block: the chunk of a wide row's passes (tests and benchmarks; default by width)."""
+                        rows: int | None = None, warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of layer_norm_quantize_reference. x [B, L, D] (D <= MAX_WIDTH) with a contiguous last dim (any
+    batch and token strides, so a token slice of a batch needs no copy); weight/bias [D] or shift/scale [B or 1, 1, D],
+    or neither. rows, warps: rows and warps per program (benchmarks; default by width)."""
     if triton is None:
         raise RuntimeError("Triton is not installed")
     if (weight is None) != (bias is None) or (shift is None) != (scale is None):
         raise ValueError("give weight with bias and shift with scale")
+    batches, length, dim = x.shape
+    if dim > MAX_WIDTH:
+        raise ValueError(f"rows of {dim} are wider than the kernel holds in registers ({MAX_WIDTH})")
     if x.stride(-1) != 1:
         x = x.contiguous()
     shift, scale = (None, None) if scale is None else (shift.contiguous() if shift.stride(-1) != 1 else shift,
                                                        scale.contiguous() if scale.stride(-1) != 1 else scale)
-    batches, length, dim = x.shape
-    rows = batches * length
-    q = torch.empty((rows, dim), dtype=qdtype, device=x.device)
-    scales = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
-    args = (x, x if weight is None else weight, x if bias is None else bias, x if shift is None else shift,
-            x if scale is None else scale, q, scales)
-    strides = (x.stride(0), x.stride(1), _batch_stride(shift, batches), _batch_stride(scale, batches), float(eps))
-    flags = dict(AFFINE=weight is not None, MODULATE=scale is not None, QMAX_C=QMAX[qdtype], IS_INT8=qdtype == torch.int8,
-                 INTERPRETED=_INTERPRET)
-    width = triton.next_power_of_2(dim)
-    if block is None and width <= ONE_PASS_MAX_WIDTH:
-        per_program = max(1, min(16, ROW_ELEMENTS_PER_PROGRAM // width))
-        _norm_quant_rows_kernel[(triton.cdiv(rows, per_program),)](
-            *args, rows, length, dim, *strides, **flags, ROWS=per_program, BLOCK=width,
-            num_warps=max(1, min(8, per_program * width // 512)))
-    else:
-        block = block or (2048 if dim >= 8192 else 1024)
-        if dim < block:
-            raise ValueError(f"block {block} is wider than the row ({dim})")
-        _norm_quant_kernel[(rows,)](*args, length, dim, *strides, **flags, BLOCK=block, num_warps=max(1, block // 256))
+    count = batches * length
+    q = torch.empty((count, dim), dtype=qdtype, device=x.device)
+    scales = torch.empty((count, 1), dtype=torch.float32, device=x.device)
+    head = _floor_power_of_2(dim)
+    tail = max(16, triton.next_power_of_2(dim - head))
+    rows = rows or _floor_power_of_2(max(1, min(16, ROW_ELEMENTS_PER_PROGRAM // (head + tail))))
+    warps = warps or _floor_power_of_2(max(1, min(8, rows * (head + tail) // ELEMENTS_PER_WARP)))
+    _norm_quant_kernel[(triton.cdiv(count, rows),)](
+        x, x if weight is None else weight, x if bias is None else bias, x if shift is None else shift,
+        x if scale is None else scale, q, scales, count, length, dim, x.stride(0), x.stride(1),
+        _batch_stride(shift, batches), _batch_stride(scale, batches), float(eps), AFFINE=weight is not None,
+        MODULATE=scale is not None, QMAX_C=QMAX[qdtype], IS_INT8=qdtype == torch.int8, INTERPRETED=_INTERPRET,
+        ROWS=rows, HEAD=head, TAIL=tail, num_warps=warps)
     return q, scales

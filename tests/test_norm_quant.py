@@ -6,14 +6,13 @@ wan/norm_quant.py) and its integration.
 - When the fused path applies: CUDA 16-bit only; plain or affine LayerNorms without ComfyUI weight patches; only W8A8
   QuantLinears of one format multiplying quantized inputs, none with hooks (a LoRA side branch); modulation in x's dtype.
 - The Triton kernel vs the reference in Triton's CPU interpreter (bf16 and fp16; fp8 and int8; plain, affine,
-  modulated with batch 2 and a shared batch-1 modulation; a strided token slice; the one-pass kernel and the
-  three-pass one at odd widths): equal bit for bit there (the interpreter adds the sums in the reference's order).
+  modulated with batch 2 and a shared batch-1 modulation; a strided token slice; widths that are and are not a sum
+  of two powers of 2; programs with rows past the end): equal bit for bit there (the interpreter adds the sums in the reference's order).
   A whole tiny DiT with fp8 and int8 linears, fused path forced on (whole sequence, token-chunked, torch.compile'd
   with aot_eager) vs the unfused forward: relative error <= 1e-2 (the DESIGN.md bf16 bound; measured 0), and the
   fused kernel runs 3 times per block.
 GPU tests (skipped without CUDA) repeat the kernel checks at full width (5,120 and 1,536 x 32,760 tokens), where the
-sums' order may move a 16-bit value by one ulp: 8-bit values at most one step apart in at most 1% of the elements,
-scales within one bf16 ulp.
+sums' order may move a 16-bit value by one ulp: see assert_close_8bit.
 """
 
 import textwrap
@@ -134,16 +133,17 @@ INTERPRETER_CHECKS = textwrap.dedent("""
         assert got[0].dtype == want[0].dtype and got[1].shape == want[1].shape
         assert torch.equal(got[0].float(), want[0].float()) and torch.equal(got[1], want[1])
 
-    for batch, length, dim, dtype, block in [(2, 7, 64, torch.bfloat16, None), (1, 5, 200, torch.bfloat16, 64),
-                                             (2, 3, 96, torch.float16, None), (2, 4, 160, torch.float16, 32)]:
+    # (rows per program: None = by width; 4 with 5 rows leaves the last program's rows partly past the end)
+    for batch, length, dim, dtype, rows in [(2, 7, 64, torch.bfloat16, None), (1, 5, 200, torch.bfloat16, 4),
+                                            (2, 3, 96, torch.float16, None), (2, 4, 160, torch.float16, 1)]:
         x, weight, bias, mod = inputs(batch, length, dim, dtype)
         for qdtype in (torch.float8_e4m3fn, torch.int8):
             for kw in ({}, dict(weight=weight, bias=bias), dict(shift=mod[:, 0:1], scale=mod[:, 1:2]),
                        dict(shift=mod[:1, 2:3], scale=mod[:1, 3:4])):
-                check(kernels.layer_norm_quantize(x, qdtype, 1e-6, **kw, block=block),
+                check(kernels.layer_norm_quantize(x, qdtype, 1e-6, **kw, rows=rows),
                       kernels.layer_norm_quantize_reference(x, qdtype, 1e-6, **kw))
         sliced = x[:, 1:length - 1]  # a token slice of a batch: strided rows
-        check(kernels.layer_norm_quantize(sliced, torch.int8, 1e-6, shift=mod[:, 0:1], scale=mod[:, 1:2], block=block),
+        check(kernels.layer_norm_quantize(sliced, torch.int8, 1e-6, shift=mod[:, 0:1], scale=mod[:, 1:2], rows=rows),
               kernels.layer_norm_quantize_reference(sliced, torch.int8, 1e-6, shift=mod[:, 0:1], scale=mod[:, 1:2]))
 
     cfg = synthetic.tiny_config("t2v", dim=256, layers=2)
@@ -197,12 +197,19 @@ def test_kernel_in_triton_interpreter():
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def assert_within_one_step(got, want):
-    """8-bit values at most one step apart in at most 1% of the elements; scales within one bf16 ulp (2^-7)."""
-    step = (got[0].float() - want[0].float()).abs()
-    if got[0].dtype == torch.float8_e4m3fn:  # one step of e4m3 around the value: 2^(exponent - 3)
-        step = step / torch.exp2(torch.floor(torch.log2(want[0].float().abs().clamp_min(2.0 ** -6))) - 3)
-    assert step.max().item() <= 1.0 and (step > 0).float().mean().item() <= 1e-2
+def assert_close_8bit(got, want):
+    """Dequantized values within one 8-bit step of the value plus 2^-7 of the row's absmax, in at most 1% of the
+    elements; scales within one bf16 ulp (2^-7). A 16-bit norm output one ulp off moves the modulated value by up to
+    2^-8 of the norm's magnitude, which near a cancelling shift is many 8-bit steps of a small result."""
+    values, want_values = got[0].float() * got[1], want[0].float() * want[1]
+    absmax = want_values.abs().amax(dim=1, keepdim=True)
+    if want[0].dtype == torch.float8_e4m3fn:  # one e4m3 step around the value: 2^(exponent - 3), subnormals 2^-9
+        step = torch.exp2(torch.floor(torch.log2(want[0].float().abs().clamp_min(2.0 ** -6))) - 3) * want[1]
+    else:
+        step = want[1].expand_as(want_values)
+    diff = (values - want_values).abs()
+    assert (diff <= step + absmax * 2.0 ** -7).all(), (diff - step - absmax * 2.0 ** -7).max().item()
+    assert (got[0].float() != want[0].float()).float().mean().item() <= 1e-2
     assert ((got[1] - want[1]).abs() <= want[1] * 2.0 ** -7).all()
 
 
@@ -214,4 +221,4 @@ def test_kernel_at_full_width_on_gpu(dim, qdtype):
     x, weight, bias, mod = inputs(2, 16380, dim, torch.bfloat16, device="cuda")  # 32,760 tokens in two batches
     for kw in ({}, dict(weight=weight, bias=bias), dict(shift=mod[:, 0:1], scale=mod[:, 1:2])):
         want = kernels.layer_norm_quantize_reference(x, qdtype, 1e-6, **kw)
-        assert_within_one_step(kernels.layer_norm_quantize(x, qdtype, 1e-6, **kw), want)
+        assert_close_8bit(kernels.layer_norm_quantize(x, qdtype, 1e-6, **kw), want)
