@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from .act_quant import QMAX, quantize_per_token_reference
 
 # Whole rows are held in registers (Wan's widths: 1,536, 3,072, 5,120): up to ROW_ELEMENTS_PER_PROGRAM elements of
-# rows per program, ELEMENTS_PER_WARP per warp, up to 8 warps.
+# rows per program, ELEMENTS_PER_WARP per warp, up to MAX_WARPS. H200, 32,760 tokens (bench/NOTES.md, stop 19): 14B one
+# row and 4 warps 0.246 ms (modulated) / 0.250 (affine), 8 warps 0.308 / 0.289; 1.3B two rows and 4 warps 0.098 / 0.084.
 MAX_WIDTH = 16384
 ROW_ELEMENTS_PER_PROGRAM = 4096
 ELEMENTS_PER_WARP = 512
+MAX_WARPS = 4
 
 
 def layer_norm_quantize_reference(x: torch.Tensor, qdtype: torch.dtype, eps: float, weight=None, bias=None, shift=None,
@@ -150,7 +152,7 @@ def layer_norm_quantize(x: torch.Tensor, qdtype: torch.dtype, eps: float, weight
     head = _floor_power_of_2(dim)
     tail = max(16, triton.next_power_of_2(dim - head))
     rows = rows or _floor_power_of_2(max(1, min(16, ROW_ELEMENTS_PER_PROGRAM // (head + tail))))
-    warps = warps or _floor_power_of_2(max(1, min(8, rows * (head + tail) // ELEMENTS_PER_WARP)))
+    warps = warps or _floor_power_of_2(max(1, min(MAX_WARPS, rows * (head + tail) // ELEMENTS_PER_WARP)))
     _norm_quant_kernel[(triton.cdiv(count, rows),)](
         x, x if weight is None else weight, x if bias is None else bias, x if shift is None else shift,
         x if scale is None else scale, q, scales, count, length, dim, x.stride(0), x.stride(1),
