@@ -74,15 +74,19 @@ try:
         return v
 
     @triton.jit
+    def divide(v, scale, reciprocal, INTERPRETED: tl.constexpr):
+        """v / scale, IEEE-rounded like the references' division, given reciprocal = div_rn(1, scale) (computed once per
+        row or column), without a division per element (which made the quantization kernels compute-bound): a product
+        with the rounded reciprocal, then one residual correction (Markstein)."""
+        if INTERPRETED:  # the interpreter's fma rounds twice, which the correction relies on not doing
+            return tl.math.div_rn(v, scale)
+        quotient = v * reciprocal
+        return tl.fma(tl.fma(-quotient, scale, v), reciprocal, quotient)
+
+    @triton.jit
     def _quantize_values(v, scale, reciprocal, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr, INTERPRETED: tl.constexpr):
         """float32 v, its row's scale (absmax / QMAX) and div_rn(1, scale) -> the 8-bit value of v / scale, as float32."""
-        if INTERPRETED:  # the interpreter's fma rounds twice, which the correction below relies on not doing
-            v = tl.math.div_rn(v, scale)
-        else:
-            # v / scale, IEEE-rounded like the reference's division, without a division per element (which made the
-            # kernel compute-bound): a product with the rounded reciprocal, then one residual correction (Markstein).
-            quotient = v * reciprocal
-            v = tl.fma(tl.fma(-quotient, scale, v), reciprocal, quotient)
+        v = divide(v, scale, reciprocal, INTERPRETED)
         if IS_INT8:
             v = tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -128.0), 127.0)
         else:

@@ -162,7 +162,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .act_quant import _round_to_e4m3_grid
+    from .act_quant import _round_to_e4m3_grid, divide
     from .hadamard import hadamard_rows
 
     @triton.jit
@@ -177,23 +177,24 @@ try:
         x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
         return rows, cols, valid, tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
 
-    # Divisions are IEEE-rounded (div_rn; Triton's `/` is approximate on the GPU), so the 8-bit values equal the
-    # PyTorch reference's bit for bit.
+    # Divisions are IEEE-rounded (div_rn for the scales, act_quant.divide per element; Triton's `/` is approximate on
+    # the GPU), so the 8-bit values equal the PyTorch reference's bit for bit.
     @triton.jit
     def _round_to_int8(v):
         """float32 v -> int8, rounding half to even as torch.round (adding 1.5 * 2^23), clamped to +-127."""
         return tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -127.0), 127.0).to(tl.int8)
 
     @triton.jit
-    def _int8_per_row(x):
+    def _int8_per_row(x, INTERPRETED: tl.constexpr):
         """Each row of float32 x [rows, D] as int8 with its absmax / 127 scale: (int8 [rows, D], scales [rows])."""
         scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12), 127.0)
-        return _round_to_int8(tl.math.div_rn(x, scale[:, None])), scale
+        reciprocal = tl.math.div_rn(1.0, scale)
+        return _round_to_int8(divide(x, scale[:, None], reciprocal[:, None], INTERPRETED)), scale
 
     @triton.jit
     def _quantize_qk_kernel(x_ptr, mean_ptr, q_ptr, s_ptr, length, heads, n_blocks, stride_xb, stride_xl, stride_xh,
                             scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, ROTATION: tl.constexpr,
-                            HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+                            HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, INTERPRETED: tl.constexpr):
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
         rows, cols, valid, x = _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
@@ -203,10 +204,10 @@ try:
         if ROTATION > 1:
             x = hadamard_rows(x, BLOCK, HEAD_DIM, ROTATION)
         if PER_ROW:
-            q, scale = _int8_per_row(x)
+            q, scale = _int8_per_row(x, INTERPRETED)
         else:
             scale = tl.math.div_rn(tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12), 127.0)
-            q = _round_to_int8(tl.math.div_rn(x, scale))
+            q = _round_to_int8(divide(x, scale, tl.math.div_rn(1.0, scale), INTERPRETED))
         q_ptrs = q_ptr + pid_bh.to(tl.int64) * n_blocks * BLOCK * HEAD_DIM + rows[:, None] * HEAD_DIM + cols[None, :]
         tl.store(q_ptrs, q)
         if PER_ROW:
@@ -216,12 +217,13 @@ try:
 
     @triton.jit
     def _quantize_v_kernel(x_ptr, scale_ptr, vt_ptr, length, heads, padded_len, stride_xb, stride_xl, stride_xh,
-                           PV_FP8: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+                           PV_FP8: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, INTERPRETED: tl.constexpr):
         pid_blk = tl.program_id(0)
         pid_bh = tl.program_id(1)
         rows, cols, _, x = _load_head_tile(x_ptr, pid_blk, pid_bh, length, heads, stride_xb, stride_xl, stride_xh,
                                            HEAD_DIM, BLOCK)
-        x = tl.math.div_rn(x, tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)[None, :])
+        scale = tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)
+        x = divide(x, scale[None, :], tl.math.div_rn(1.0, scale)[None, :], INTERPRETED)
         x = tl.minimum(tl.maximum(x, -448.0), 448.0)
         if PV_FP8:
             x = _round_to_e4m3_grid(x)
@@ -364,7 +366,7 @@ def quantize_qkv(q, k, v, pv_dtype=None, rotation_block: int = ROTATION_BLOCK):
     _quantize_qk_kernel[(pq // QUANT_BLOCK, b * h)](q, qs, q8, qs, lq, h, pq // QUANT_BLOCK, q.stride(0), q.stride(1),
                                                    q.stride(2), q_scale_factor(d, rotation_block), HAS_MEAN=False,
                                                    PER_ROW=True, ROTATION=rotation_channels(d, rotation_block), HEAD_DIM=d,
-                                                   BLOCK=QUANT_BLOCK, num_warps=4 if d == 64 else 8)
+                                                   BLOCK=QUANT_BLOCK, INTERPRETED=_INTERPRET, num_warps=4 if d == 64 else 8)
     return (q8, qs) + quantize_kv(k, v, pv_dtype, rotation_block=rotation_block)
 
 
@@ -385,10 +387,10 @@ def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotation_block: int = ROTATION
     _quantize_qk_kernel[(pk // QUANT_BLOCK, b * h)](k, mean, k8, ks, lk, h, pk // QUANT_BLOCK, k.stride(0), k.stride(1),
                                                    k.stride(2), 1.0, HAS_MEAN=True, PER_ROW=False,
                                                    ROTATION=rotation_channels(d, rotation_block), HEAD_DIM=d,
-                                                   BLOCK=QUANT_BLOCK, num_warps=warps)
+                                                   BLOCK=QUANT_BLOCK, INTERPRETED=_INTERPRET, num_warps=warps)
     _quantize_v_kernel[(pk // QUANT_BLOCK, b * h)](v, vs, v8t, lk, h, pk, v.stride(0), v.stride(1), v.stride(2),
                                                   PV_FP8=v8t.dtype == torch.float8_e4m3fn, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
-                                                  num_warps=warps)
+                                                  INTERPRETED=_INTERPRET, num_warps=warps)
     return k8, ks, v8t, vs
 
 

@@ -89,7 +89,8 @@ try:
     def _norm_rope_kernel(x_ptr, w_ptr, rot_ptr, out_ptr, q8_ptr, scale_ptr, sums_ptr, length, heads,
                           dim, stride_xb, stride_xl, stride_ob, stride_ol, eps, scale_factor, padded_len,
                           MODE: tl.constexpr, HEAD_DIM: tl.constexpr, HEADS_P2: tl.constexpr, DIM_P2: tl.constexpr,
-                          ROWS: tl.constexpr, ROUND_BF16: tl.constexpr, ROTATION: tl.constexpr):
+                          ROWS: tl.constexpr, ROUND_BF16: tl.constexpr, ROTATION: tl.constexpr,
+                          INTERPRETED: tl.constexpr):
         """MODE 0: write [B, L, H, D]; 1: int8 Q + scales (programs cover padded_len tokens); 2: as 0 + column sums."""
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -116,7 +117,7 @@ try:
             y = _to_dtype(roped, dtype, ROUND_BF16)
             if MODE == 1:
                 # quantize_qkv's Q quantization: rotated, one scale per token
-                q, scale = _int8_per_row(hadamard_rows(y.to(tl.float32), HEADS_P2, DIM_P2, ROTATION))
+                q, scale = _int8_per_row(hadamard_rows(y.to(tl.float32), HEADS_P2, DIM_P2, ROTATION), INTERPRETED)
                 head_rows = (b * heads + hs) * padded_len + token  # [HEADS_P2, 1]
                 tl.store(q8_ptr + head_rows * HEAD_DIM + ds, q, mask=in_row)
                 tl.store(scale_ptr + tl.reshape(head_rows, [HEADS_P2]), scale * scale_factor,
@@ -157,7 +158,7 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
         sums if sums is not None else x, length, heads, dim, x.stride(0), x.stride(1),
         out.stride(0), out.stride(1), float(eps), float(scale_factor), padded_len, MODE=mode, HEAD_DIM=head_dim,
         HEADS_P2=heads_p2, DIM_P2=dim_p2, ROWS=rows, ROUND_BF16=_INTERPRET and x.dtype == torch.bfloat16,
-        ROTATION=rotation_channels(dim_p2, rotation_block), num_warps=warps)
+        ROTATION=rotation_channels(dim_p2, rotation_block), INTERPRETED=_INTERPRET, num_warps=warps)
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int, eps: float,
