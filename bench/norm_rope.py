@@ -42,7 +42,7 @@ from lightx2v_nodes.wan.model import apply_rope, rope_tables  # noqa: E402
 
 kernels = load_kernels()
 EPS = 1e-6
-WARPS = (4, 8, 16)  # warps per program for the -wN rows (the default: kernels/norm_rope.py ELEMENTS_PER_WARP)
+WARPS = (2, 4, 8, 16)  # warps per program for the -wN rows (the default: kernels/norm_rope.py ELEMENTS_PER_WARP)
 # name: (heads, head_dim, blocks, latent grid after patching)
 FULL = {"14B": (40, 128, 40, (21, 30, 52)), "1.3B": (12, 128, 30, (21, 30, 52))}
 TINY = {"tiny-5x128": (5, 128, 2, (1, 5, 7)), "tiny-3x64": (3, 64, 2, (1, 3, 9))}

@@ -17,8 +17,8 @@ Two more modes feed the 8-bit attention kernel (kernels/attention_8bit.py) direc
 - `rms_norm_rope_column_sums` (keys): rms_norm_rope's output plus the float32 column sums of every
   `block`-token block [B, H, Lpad / block, D] (written per program: deterministic, no atomics), so K's smoothing
   mean is a small torch.sum instead of another pass over K.
-One program handles `rows` consecutive tokens of one batch row; a token row is viewed as [heads, head_dim],
-both padded to powers of two with masks.
+One program handles `rows` consecutive tokens of one batch row; a token row is viewed as two power-of-2 groups of
+heads (40 = 32 + 8) x head_dim, so no work goes to padding heads.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from .attention_8bit import (QUANT_BLOCK, ROTATION_BLOCK, _padded, _quantize_blo
                              rotation_channels)
 
 
-# Default warps per program: one per this many elements of the (power-of-2-padded) token row, at most 16; at most
-# COLUMN_SUMS_MAX_WARPS for the column-sums mode (128 tokens per program). H200, 32,760 tokens (bench/NOTES.md, stop 16):
-# 14B int8 Q 0.617 ms at 16 warps (0.635 at 8); 14B K + sums 0.332 ms at 8 warps, 0.544 at 16; 1.3B (4 warps) unchanged.
-ELEMENTS_PER_WARP = 512
-COLUMN_SUMS_MAX_WARPS = 8
+# Default warps per program, by mode (0: bf16 out, 1: int8 Q, 2: K + column sums): one per this many elements of the
+# token row (heads padded to a power of 2), clamped to [MIN_WARPS, MAX_WARPS[mode]]. H200, 32,760 tokens, ms per call
+# (bench/NOTES.md, stop 19): 14B bf16 0.188 (8 warps), int8 Q 0.264 (2), K + sums 0.313 (8); 1.3B 0.061 (2), 0.108 (2),
+# 0.205 (4).
+ELEMENTS_PER_WARP = {0: 1024, 1: 4096, 2: 512}
+MIN_WARPS = 2
+MAX_WARPS = {0: 16, 1: 16, 2: 8}
 
 
 def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int,
@@ -86,49 +88,75 @@ try:
         return x.to(dtype)
 
     @triton.jit
+    def _rope_heads(x, rstd, weight, cos, sin, dtype: tl.constexpr, NH: tl.constexpr, DIM_P2: tl.constexpr,
+                    ROUND_BF16: tl.constexpr):
+        """One group of NH heads of a token, float32 x [NH, DIM_P2] -> RMSNorm (rstd given) and RoPE, rounded to dtype."""
+        normed = _to_dtype(x * rstd * weight, dtype, ROUND_BF16).to(tl.float32)
+        even, odd = tl.split(tl.reshape(normed, [NH, DIM_P2 // 2, 2]))
+        roped = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), [NH, DIM_P2])
+        return _to_dtype(roped, dtype, ROUND_BF16)
+
+    @triton.jit
+    def _store_heads(y, hs, ds, in_row, valid, b, token, heads, out_ptr, stride_ob, stride_ol, q8_ptr, scale_ptr,
+                     scale_factor, padded_len, MODE: tl.constexpr, HEAD_DIM: tl.constexpr, NH: tl.constexpr,
+                     DIM_P2: tl.constexpr, ROTATION: tl.constexpr, INTERPRETED: tl.constexpr):
+        """Writes one head group's y [NH, DIM_P2] of a token (heads hs [NH, 1]): [B, L, H, D] (MODE 0, 2) or the int8 Q."""
+        if MODE == 1:
+            # quantize_qkv's Q quantization: rotated, one scale per token and head
+            q, scale = _int8_per_row(hadamard_rows(y.to(tl.float32), NH, DIM_P2, ROTATION), INTERPRETED)
+            head_rows = (b * heads + hs) * padded_len + token  # [NH, 1]
+            tl.store(q8_ptr + head_rows * HEAD_DIM + ds, q, mask=in_row)
+            tl.store(scale_ptr + tl.reshape(head_rows, [NH]), scale * scale_factor, mask=tl.reshape(hs, [NH]) < heads)
+        else:
+            tl.store(out_ptr + b * stride_ob + token.to(tl.int64) * stride_ol + hs * HEAD_DIM + ds, y, mask=valid)
+
+    @triton.jit
     def _norm_rope_kernel(x_ptr, w_ptr, rot_ptr, out_ptr, q8_ptr, scale_ptr, sums_ptr, length, heads,
                           dim, stride_xb, stride_xl, stride_ob, stride_ol, eps, scale_factor, padded_len,
-                          MODE: tl.constexpr, HEAD_DIM: tl.constexpr, HEADS_P2: tl.constexpr, DIM_P2: tl.constexpr,
-                          ROWS: tl.constexpr, ROUND_BF16: tl.constexpr, ROTATION: tl.constexpr,
-                          INTERPRETED: tl.constexpr):
-        """MODE 0: write [B, L, H, D]; 1: int8 Q + scales (programs cover padded_len tokens); 2: as 0 + column sums."""
+                          MODE: tl.constexpr, HEAD_DIM: tl.constexpr, HEADS_HEAD: tl.constexpr,
+                          HEADS_TAIL: tl.constexpr, DIM_P2: tl.constexpr, ROWS: tl.constexpr, ROUND_BF16: tl.constexpr,
+                          ROTATION: tl.constexpr, INTERPRETED: tl.constexpr):
+        """MODE 0: write [B, L, H, D]; 1: int8 Q + scales (programs cover padded_len tokens); 2: as 0 + column sums.
+        A token's heads are two power-of-2 groups, HEADS_HEAD from head 0 and HEADS_TAIL after them (40 = 32 + 8,
+        12 = 8 + 4; a power-of-2 count leaves the tail group masked off), so no lanes idle on padding heads."""
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        hs = tl.arange(0, HEADS_P2)[:, None]
         ds = tl.arange(0, DIM_P2)[None, :]
-        in_row = (hs < heads) & (ds < HEAD_DIM)
-        offs = hs * HEAD_DIM + ds
+        hs_a = tl.arange(0, HEADS_HEAD)[:, None]
+        hs_b = HEADS_HEAD + tl.arange(0, HEADS_TAIL)[:, None]
+        in_a = (hs_a < heads) & (ds < HEAD_DIM)
+        in_b = (hs_b < heads) & (ds < HEAD_DIM)
         dtype = out_ptr.dtype.element_ty
-        weight = tl.load(w_ptr + offs, mask=in_row, other=0.0).to(tl.float32)
+        w_a = tl.load(w_ptr + hs_a * HEAD_DIM + ds, mask=in_a, other=0.0).to(tl.float32)
+        w_b = tl.load(w_ptr + hs_b * HEAD_DIM + ds, mask=in_b, other=0.0).to(tl.float32)
         half = tl.arange(0, DIM_P2 // 2)
-        sums = tl.zeros([HEADS_P2, DIM_P2], dtype=tl.float32)
+        sums_a = tl.zeros([HEADS_HEAD, DIM_P2], dtype=tl.float32)
+        sums_b = tl.zeros([HEADS_TAIL, DIM_P2], dtype=tl.float32)
         for r in range(ROWS):
             token = pid * ROWS + r
-            valid = in_row & (token < length)
-            x = tl.load(x_ptr + b * stride_xb + token.to(tl.int64) * stride_xl + offs, mask=valid, other=0.0)
-            x = x.to(tl.float32)
-            rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / dim + eps)
-            normed = _to_dtype(x * rstd * weight, dtype, ROUND_BF16).to(tl.float32)
-            even, odd = tl.split(tl.reshape(normed, [HEADS_P2, DIM_P2 // 2, 2]))
+            valid_a = in_a & (token < length)
+            valid_b = in_b & (token < length)
+            x_row = x_ptr + b * stride_xb + token.to(tl.int64) * stride_xl
+            x_a = tl.load(x_row + hs_a * HEAD_DIM + ds, mask=valid_a, other=0.0).to(tl.float32)
+            x_b = tl.load(x_row + hs_b * HEAD_DIM + ds, mask=valid_b, other=0.0).to(tl.float32)
+            squares = tl.sum(tl.sum(x_a * x_a, axis=1), axis=0) + tl.sum(tl.sum(x_b * x_b, axis=1), axis=0)
+            rstd = tl.math.rsqrt(squares / dim + eps)
             rot = rot_ptr + tl.minimum(token, length - 1).to(tl.int64) * HEAD_DIM + 2 * half
             cos = tl.load(rot, mask=2 * half < HEAD_DIM, other=0.0)[None, :]
             sin = tl.load(rot + 1, mask=2 * half < HEAD_DIM, other=0.0)[None, :]
-            roped = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), [HEADS_P2, DIM_P2])
-            y = _to_dtype(roped, dtype, ROUND_BF16)
-            if MODE == 1:
-                # quantize_qkv's Q quantization: rotated, one scale per token
-                q, scale = _int8_per_row(hadamard_rows(y.to(tl.float32), HEADS_P2, DIM_P2, ROTATION), INTERPRETED)
-                head_rows = (b * heads + hs) * padded_len + token  # [HEADS_P2, 1]
-                tl.store(q8_ptr + head_rows * HEAD_DIM + ds, q, mask=in_row)
-                tl.store(scale_ptr + tl.reshape(head_rows, [HEADS_P2]), scale * scale_factor,
-                         mask=tl.arange(0, HEADS_P2) < heads)
-            else:
-                tl.store(out_ptr + b * stride_ob + token.to(tl.int64) * stride_ol + offs, y, mask=valid)
-                if MODE == 2:
-                    sums += y.to(tl.float32)  # zero past the last token and in the padding
+            y_a = _rope_heads(x_a, rstd, w_a, cos, sin, dtype, HEADS_HEAD, DIM_P2, ROUND_BF16)
+            y_b = _rope_heads(x_b, rstd, w_b, cos, sin, dtype, HEADS_TAIL, DIM_P2, ROUND_BF16)
+            _store_heads(y_a, hs_a, ds, in_a, valid_a, b, token, heads, out_ptr, stride_ob, stride_ol, q8_ptr,
+                         scale_ptr, scale_factor, padded_len, MODE, HEAD_DIM, HEADS_HEAD, DIM_P2, ROTATION, INTERPRETED)
+            _store_heads(y_b, hs_b, ds, in_b, valid_b, b, token, heads, out_ptr, stride_ob, stride_ol, q8_ptr,
+                         scale_ptr, scale_factor, padded_len, MODE, HEAD_DIM, HEADS_TAIL, DIM_P2, ROTATION, INTERPRETED)
+            if MODE == 2:
+                sums_a += y_a.to(tl.float32)  # zero past the last token and in the padding
+                sums_b += y_b.to(tl.float32)
         if MODE == 2:
             n_blocks = tl.num_programs(0)
-            tl.store(sums_ptr + ((b * heads + hs) * n_blocks + pid) * HEAD_DIM + ds, sums, mask=in_row)
+            tl.store(sums_ptr + ((b * heads + hs_a) * n_blocks + pid) * HEAD_DIM + ds, sums_a, mask=in_a)
+            tl.store(sums_ptr + ((b * heads + hs_b) * n_blocks + pid) * HEAD_DIM + ds, sums_b, mask=in_b)
 
     _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 except ImportError:
@@ -136,7 +164,7 @@ except ImportError:
 
 
 def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=None, scales=None, sums=None,
-            scale_factor=1.0, padded_len=0, rotation_block=1, warps=None, max_warps=16):
+            scale_factor=1.0, padded_len=0, rotation_block=1, warps=None):
     if triton is None:
         raise RuntimeError("Triton is not installed")
     b, length, dim = x.shape
@@ -150,21 +178,22 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
     x = x if x.stride(-1) == 1 else x.contiguous()
     rotations = rotations.float().contiguous()
     out = out if out is not None else x  # a placeholder pointer where the mode writes no [B, L, H, D] tensor
-    heads_p2, dim_p2 = triton.next_power_of_2(heads), triton.next_power_of_2(head_dim)
+    heads_head, dim_p2 = 1 << (heads.bit_length() - 1), triton.next_power_of_2(head_dim)
+    heads_tail = triton.next_power_of_2(max(1, heads - heads_head))  # masked off where heads is a power of 2
     if warps is None:
-        warps = max(1, min(max_warps, heads_p2 * dim_p2 // ELEMENTS_PER_WARP))
+        warps = max(MIN_WARPS, min(MAX_WARPS[mode], triton.next_power_of_2(heads) * dim_p2 // ELEMENTS_PER_WARP[mode]))
     _norm_rope_kernel[(triton.cdiv(tokens, rows), b)](
         x, weight, rotations, out, q8 if q8 is not None else x, scales if scales is not None else x,
         sums if sums is not None else x, length, heads, dim, x.stride(0), x.stride(1),
         out.stride(0), out.stride(1), float(eps), float(scale_factor), padded_len, MODE=mode, HEAD_DIM=head_dim,
-        HEADS_P2=heads_p2, DIM_P2=dim_p2, ROWS=rows, ROUND_BF16=_INTERPRET and x.dtype == torch.bfloat16,
+        HEADS_HEAD=heads_head, HEADS_TAIL=heads_tail, DIM_P2=dim_p2, ROWS=rows, ROUND_BF16=_INTERPRET and x.dtype == torch.bfloat16,
         ROTATION=rotation_channels(dim_p2, rotation_block), INTERPRETED=_INTERPRET, num_warps=warps)
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int, eps: float,
                   rows: int = 1, warps: int | None = None) -> torch.Tensor:
-    """Triton version of rms_norm_rope_reference; rows: tokens per program; warps: per program (None: one per
-    ELEMENTS_PER_WARP elements of the padded row)."""
+    """Triton version of rms_norm_rope_reference; rows: tokens per program; warps: per program (None: the mode's
+    default, ELEMENTS_PER_WARP)."""
     out = x.new_empty((x.shape[0], x.shape[1], heads, x.shape[2] // heads))
     _launch(0, x, weight, rotations, heads, eps, rows, x.shape[1], out=out, warps=warps)
     return out
@@ -193,6 +222,5 @@ def rms_norm_rope_column_sums(x, weight, rotations, heads, eps, block: int = QUA
     b, length, dim = x.shape
     out = x.new_empty((b, length, heads, dim // heads))
     sums = torch.empty((b, heads, -(-length // block), dim // heads), dtype=torch.float32, device=x.device)
-    _launch(2, x, weight, rotations, heads, eps, block, length, out=out, sums=sums, warps=warps,
-            max_warps=COLUMN_SUMS_MAX_WARPS)
+    _launch(2, x, weight, rotations, heads, eps, block, length, out=out, sums=sums, warps=warps)
     return out, sums
