@@ -186,8 +186,9 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
         x, weight, rotations, out, q8 if q8 is not None else x, scales if scales is not None else x,
         sums if sums is not None else x, length, heads, dim, x.stride(0), x.stride(1),
         out.stride(0), out.stride(1), float(eps), float(scale_factor), padded_len, MODE=mode, HEAD_DIM=head_dim,
-        HEADS_HEAD=heads_head, HEADS_TAIL=heads_tail, DIM_P2=dim_p2, ROWS=rows, ROUND_BF16=_INTERPRET and x.dtype == torch.bfloat16,
-        ROTATION=rotation_channels(dim_p2, rotation_block), INTERPRETED=_INTERPRET, num_warps=warps)
+        HEADS_HEAD=heads_head, HEADS_TAIL=heads_tail, DIM_P2=dim_p2, ROWS=rows,
+        ROUND_BF16=_INTERPRET and x.dtype == torch.bfloat16, ROTATION=rotation_channels(dim_p2, rotation_block),
+        INTERPRETED=_INTERPRET, num_warps=warps)
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int, eps: float,
