@@ -29,6 +29,7 @@ import torch
 
 from .attention_8bit import (QUANT_BLOCK, ROTATION_BLOCK, _padded, _quantize_blocks_reference, q_scale_factor,
                              rotation_channels)
+from .norm_quant import _floor_power_of_2
 
 
 # Default warps per program, by mode (0: bf16 out, 1: int8 Q, 2: K + column sums): one per this many elements of the
@@ -178,7 +179,7 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
     x = x if x.stride(-1) == 1 else x.contiguous()
     rotations = rotations.float().contiguous()
     out = out if out is not None else x  # a placeholder pointer where the mode writes no [B, L, H, D] tensor
-    heads_head, dim_p2 = 1 << (heads.bit_length() - 1), triton.next_power_of_2(head_dim)
+    heads_head, dim_p2 = _floor_power_of_2(heads), triton.next_power_of_2(head_dim)
     heads_tail = triton.next_power_of_2(max(1, heads - heads_head))  # masked off where heads is a power of 2
     if warps is None:
         warps = max(MIN_WARPS, min(MAX_WARPS[mode], triton.next_power_of_2(heads) * dim_p2 // ELEMENTS_PER_WARP[mode]))
