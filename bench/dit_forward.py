@@ -105,7 +105,7 @@ def agreement(out, out_native) -> dict:
 def attn8_variant_rows(args, ours, inputs, out_native, rows, size, device):
     """Our bf16 DiT with the 8-bit attention kernel in other P.V variants (kernels/attention_8bit.py defaults),
     against the native time and output already measured for this size."""
-    from lightx2v_nodes.quant.kernel_import import load_kernels
+    from lightx2v_nodes.kernel_loader import load_kernels
 
     if not args.attn8_variants:
         return []

@@ -1,6 +1,4 @@
-"""The only module that knows ComfyUI internals beyond node schemas.
-
-It wraps the project's WanDiT as a native MODEL: ComfyUI's own WAN21 model base (latent format, I2V
+"""Wraps the project's WanDiT as a native MODEL: ComfyUI's own WAN21 model base (latent format, I2V
 concat latent, CLIP-vision conditioning, flow model sampling) around our diffusion model, inside a
 standard ModelPatcher, so every native node that takes a Wan MODEL works with it.
 """
@@ -17,13 +15,12 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.supported_models
-import comfy.utils
 import folder_paths
 
 from .errors import LightX2VError
 from .quant import apply_quantization, install_quant_linears
 from .quant.formats import QUANTIZED_DTYPES, SCALE_SUFFIX
-from .offload.units import is_placeholder, placeholder
+from .placeholders import is_placeholder, placeholder
 from .wan.checkpoint import is_block_directory
 from .wan.config import WanConfig
 from .wan.model import WanDiT
@@ -57,17 +54,6 @@ class LightX2VWan21(comfy.model_base.WAN21):
                 "vision output), or load a text-to-video model."
             )
         return super().concat_cond(**kwargs)
-
-
-def lightx2v_dit(model, node: str, native_alternative: str) -> WanDiT:
-    """The DiT inside a MODEL from LightX2V Load Wan DiT; for any other MODEL an error naming `node` and what
-    to use instead for native models."""
-    dit = getattr(model.model, "diffusion_model", None)
-    if not isinstance(dit, WanDiT):
-        raise LightX2VError(
-            f"{node} works on models loaded with 'LightX2V Load Wan DiT', but this MODEL runs {type(dit).__name__}. "
-            f"Load the model with LightX2V Load Wan DiT, or use {native_alternative} for models from native loaders.")
-    return dit
 
 
 def _weight_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
@@ -167,14 +153,3 @@ def lora_file_choices() -> list[str]:
 
 def resolve_lora_file(name: str) -> str:
     return folder_paths.get_full_path_or_raise("loras", name)
-
-
-class ProgressReporter:
-    """A ComfyUI progress bar (shown on the node) driven by (done, total) callbacks."""
-
-    def __init__(self, total: int = 100):
-        self.bar = comfy.utils.ProgressBar(total)
-        self.total = total
-
-    def __call__(self, done: int, total: int) -> None:
-        self.bar.update_absolute(int(self.total * done / max(total, 1)), self.total)

@@ -5,7 +5,8 @@ import logging
 from comfy_api.latest import io
 
 from ..lightx2v_nodes.errors import LightX2VError
-from ..lightx2v_nodes.comfy_adapter import ProgressReporter, build_model_patcher, diffusion_model_choices, resolve_diffusion_model
+from ..lightx2v_nodes.comfy_common import ProgressReporter
+from ..lightx2v_nodes.comfy_adapter import build_model_patcher, diffusion_model_choices, resolve_diffusion_model
 from ..lightx2v_nodes.quant import QUANTIZATION_CHOICES
 from ..lightx2v_nodes.wan.attention import BACKENDS
 from ..lightx2v_nodes.wan.checkpoint import load_wan_checkpoint

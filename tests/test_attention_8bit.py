@@ -30,7 +30,7 @@ sys.path.append(os.path.join(ROOT, "bench"))  # after everything else: its modul
 
 from attention import compare, exact_attention, wan_like  # noqa: E402
 
-from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
+from lightx2v_nodes.kernel_loader import load_kernels  # noqa: E402
 
 kernels = load_kernels()
 REL_ERR_BOUND = 5e-2  # issue 9

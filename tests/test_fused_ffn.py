@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from lightx2v_nodes.quant import QuantLinear
-from lightx2v_nodes.quant.kernel_import import load_kernels
+from lightx2v_nodes.kernel_loader import load_kernels
 from lightx2v_nodes.wan.model import feed_forward
 
 kernels = load_kernels()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from triton_interpreter import run_in_triton_interpreter
-from lightx2v_nodes.quant.kernel_import import load_kernels
+from lightx2v_nodes.kernel_loader import load_kernels
 from lightx2v_nodes.wan import norm_rope
 from lightx2v_nodes.wan.model import apply_rope, rope_tables
 
@@ -111,7 +111,7 @@ INTERPRETER_CHECKS = textwrap.dedent("""
     sys.path.insert(0, ROOT)
     sys.path.insert(0, ROOT + "/tests")
     from test_norm_rope import assert_close_16bit, inputs
-    from lightx2v_nodes.quant.kernel_import import load_kernels
+    from lightx2v_nodes.kernel_loader import load_kernels
     kernels = load_kernels()  # the module the engine calls (counted below)
     from lightx2v_nodes.wan import attention, compile as wan_compile, norm_rope, synthetic
     from lightx2v_nodes.wan.model import WanDiT

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import LightX2VError
 from .formats import FORMATS
-from .kernel_import import load_kernels
+from ..kernel_loader import load_kernels
 
 log = logging.getLogger("lightx2v_nodes")
 BACKEND_NAMES = ("scaled_mm", "int_mm", "triton", "reference", "weight_only")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LightX2VError
-from ..quant.kernel_import import load_kernels
+from ..kernel_loader import load_kernels
 from . import norm_rope
 
 log = logging.getLogger("lightx2v_nodes")

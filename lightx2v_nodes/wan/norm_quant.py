@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..quant.backends import takes_quantized_input
-from ..quant.kernel_import import load_kernels
+from ..kernel_loader import load_kernels
 from ..quant.linear import QuantizedActivation, QuantLinear
 
 _kernels = load_kernels()
