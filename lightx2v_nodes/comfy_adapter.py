@@ -21,6 +21,7 @@ from .errors import LightX2VError
 from .quant import apply_quantization, install_quant_linears
 from .quant.formats import QUANTIZED_DTYPES, SCALE_SUFFIX
 from .placeholders import is_placeholder, placeholder
+from .wan.attention import choose_attention
 from .wan.checkpoint import is_block_directory
 from .wan.config import WanConfig
 from .wan.model import WanDiT
@@ -30,6 +31,11 @@ log = logging.getLogger("lightx2v_nodes")
 
 class ComfyWanDiT(WanDiT):
     """WanDiT whose forward runs through ComfyUI's DIFFUSION_MODEL wrappers, as native Wan does."""
+
+    def __init__(self, *, image_model: str, **config):
+        # ComfyUI's BaseModel builds the diffusion model from its model config's unet_config, whose image_model
+        # names the model family for ComfyUI's own detection; the rest are WanDiT's arguments.
+        super().__init__(**config)
 
     def forward(self, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
         wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
@@ -76,11 +82,13 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
 
     `quantization` is one of QUANTIZATION_CHOICES; with an 8-bit plan the block linears become QuantLinear
     (the rest of the DiT is built from ComfyUI's ops as usual); the plan is kept as `diffusion_model.quant_plan`.
+    `attention` is one of wan.attention.BACKENDS, decided here for the load device and compute dtype; what runs is
+    `diffusion_model.attention`.
     """
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     config_class = comfy.supported_models.WAN21_I2V if cfg.model_type == "i2v" else comfy.supported_models.WAN21_T2V
-    model_config = config_class({**cfg.unet_config(), "image_model": "wan2.1", "attention_backend": attention})
+    model_config = config_class({**cfg.unet_config(), "image_model": "wan2.1"})
     if dtype == "auto":
         parameters = sum(v.numel() for v in state_dict.values())
         unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=model_config.supported_inference_dtypes,
@@ -89,6 +97,7 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
         unet_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     manual_cast = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast)
+    backend = choose_attention(attention, load_device, manual_cast or unet_dtype)
     state_dict, plan = apply_quantization(state_dict, quantization, unet_dtype)
 
     model = LightX2VWan21(model_config, image_to_video=cfg.model_type == "i2v", device=offload_device)
@@ -110,6 +119,7 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
         raise LightX2VError(f"The file's tensors do not fit a {cfg.variant}: {str(exc)[:400]}") from None
     model.diffusion_model.requires_grad_(False)
     model.diffusion_model.quant_plan = plan
+    model.diffusion_model.set_attention(backend)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
