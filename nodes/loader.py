@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..lightx2v_nodes.errors import LightX2VError
 from ..lightx2v_nodes.comfy_common import ProgressReporter
 from ..lightx2v_nodes.comfy_adapter import build_model_patcher, diffusion_model_choices, resolve_diffusion_model
+from ..lightx2v_nodes.parallel.comfy_parallel import remember_load_spec
 from ..lightx2v_nodes.quant import QUANTIZATION_CHOICES
 from ..lightx2v_nodes.wan.attention import BACKENDS, check_attention_choice
 from ..lightx2v_nodes.wan.checkpoint import load_wan_checkpoint
@@ -68,6 +69,7 @@ class LoadWanDiT(io.ComfyNode):
         model = build_model_patcher(state_dict, cfg, dtype, attention, quantization,
                                     progress=lambda d, t: progress(t + d, 2 * t))
         dit = model.model.diffusion_model
+        remember_load_spec(model, path, quantization)
         if keep_blocks_on_disk:
             dit.block_folder = path
         quant = dit.quant_plan.describe() if dit.quant_plan else "none"

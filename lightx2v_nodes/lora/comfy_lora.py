@@ -29,12 +29,11 @@ from .files import read_lora_file
 from .mapping import DiffPatch, LoraPlan, plan_lora
 from .merge import low_rank_delta
 from .report import details, summary
-from .side_branch import SideBranches
+from .side_branch import WRAPPER_KEY, SideBranches
 
 log = logging.getLogger("lightx2v_nodes")
 
 MODES = ("merge", "side-branch")
-WRAPPER_KEY = "lightx2v_lora_side_branch"
 PREFIX = "diffusion_model."  # ModelPatcher keys are the model base's: diffusion_model.<original Wan name>
 _MERGEABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
 

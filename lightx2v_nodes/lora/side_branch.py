@@ -86,6 +86,9 @@ def _folding_pays(tokens: int, fan_in: int, fan_out: int) -> bool:
     return tokens * (fan_in + 2 * fan_out) > 4 * fan_in * fan_out  # weight traffic x2: a margin for small layers
 
 
+# Key of the DIFFUSION_MODEL wrapper that applies a MODEL's side branches (the multi-GPU adapter finds them by it).
+WRAPPER_KEY = "lightx2v_lora_side_branch"
+
 class SideBranches:
     def __init__(self, patches: list[LowRankPatch], strength: float, share_inputs: bool = True,
                  fold_weights: bool | None = None):

@@ -9,6 +9,7 @@ cross-attention, FFN.
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 
@@ -22,6 +23,9 @@ from .config import CLIP_DIM, PATCH_SIZE
 
 # transformer_options key of a per-run feature cache: called as cache(x, e, e0, transformer_options, compute).
 FEATURE_CACHE_KEY = "lightx2v_feature_cache"
+# transformer_options key of a block runner that stands in for WanDiT.run_blocks (lightx2v_nodes.parallel: the
+# blocks across several processes), called as runner(dit, x, e0, rope, context, context_img_len, transformer_options).
+BLOCK_RUNNER_KEY = "lightx2v_block_runner"
 
 TORCH_OPS = types.SimpleNamespace(Linear=nn.Linear, LayerNorm=nn.LayerNorm, RMSNorm=nn.RMSNorm, Conv3d=nn.Conv3d)
 
@@ -386,13 +390,15 @@ class WanDiT(nn.Module):
             context = torch.cat([self.img_emb(clip_fea), context], dim=1)
             context_img_len = clip_fea.shape[-2]
 
+        runner = transformer_options.get(BLOCK_RUNNER_KEY)
+        run_blocks = self.run_blocks if runner is None else functools.partial(runner, self)
         cache = transformer_options.get(FEATURE_CACHE_KEY)
         if cache is None:
-            x = self.run_blocks(x, e0, rope, context, context_img_len, transformer_options)
+            x = run_blocks(x, e0, rope, context, context_img_len, transformer_options)
         else:
             # A feature cache (lightx2v_nodes.cache) runs the blocks only on the batch rows it cannot skip.
             tokens = x
-            x = cache(tokens, e, e0, transformer_options, lambda rows: self.run_blocks(
+            x = cache(tokens, e, e0, transformer_options, lambda rows: run_blocks(
                 tokens[rows], e0[rows], rope, context[rows], context_img_len, transformer_options))
         return self.unpatchify(self.head(x, e), grid)
 
