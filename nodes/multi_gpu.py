@@ -29,8 +29,9 @@ class MultiGPU(io.ComfyNode):
                                 tooltip="GPUs of the workers, e.g. 1,2,3; auto = the first ones besides ComfyUI's. "
                                         "A CPU model runs its workers as CPU processes."),
                 io.Int.Input("timeout_seconds", default=300, min=5, max=86400, optional=True,
-                             tooltip="Longest wait for a worker to start (load the checkpoint) or to finish its "
-                                     "part of a step; a dead or hung worker is reported as an error then."),
+                             tooltip="Longest wait for a worker to finish its part of a step (and to start and load "
+                                     "the checkpoint, at least 2 minutes); a dead or hung worker is reported as an "
+                                     "error then."),
             ],
             outputs=[io.Model.Output(tooltip="The same model, its blocks run on world_size processes.")],
         )

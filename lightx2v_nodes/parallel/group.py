@@ -29,6 +29,7 @@ from .loading import LoadSpec
 from .plan import check_mode, plan_call, subgroups
 
 log = logging.getLogger("lightx2v_nodes")
+START_TIMEOUT = 120.0  # a dead worker is seen at once (its exit code); this bounds a slow or hung start
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -37,7 +38,7 @@ class GroupSettings:
     spec: LoadSpec
     world_size: int
     worker_devices: tuple[str, ...]  # one per worker: "cpu" or "cuda:N"
-    timeout: float  # seconds: worker start, and each collective
+    timeout: float  # seconds: each collective, and worker start (at least START_TIMEOUT: spawning and loading)
 
 
 class WorkerGroup:
@@ -77,12 +78,13 @@ class WorkerGroup:
         log.info("LightX2V: %d worker process(es) ready (%s).", len(self.procs), ", ".join(s.worker_devices))
 
     def _wait_for(self, what: str, doing: str) -> None:
-        deadline = time.monotonic() + self.settings.timeout
+        limit = max(self.settings.timeout, START_TIMEOUT)
+        deadline = time.monotonic() + limit
         for rank in range(1, self.settings.world_size):
             while not self.store.check([f"{what}/{rank}"]):
                 self.check_alive()
                 if time.monotonic() > deadline:
-                    raise LightX2VError(f"Multi-GPU worker {rank} did not {doing} within {self.settings.timeout:g} s. "
+                    raise LightX2VError(f"Multi-GPU worker {rank} did not {doing} within {limit:g} s. "
                                         "Raise the node's timeout for large checkpoints, or check the worker's log.")
                 time.sleep(0.02)
 
