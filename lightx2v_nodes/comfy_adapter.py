@@ -1,5 +1,5 @@
-"""Wraps the project's WanDiT as a native MODEL: ComfyUI's own WAN21 model base (latent format, I2V
-concat latent, CLIP-vision conditioning, flow model sampling) around our diffusion model, inside a
+"""Wraps the project's WanDiT as a native MODEL: ComfyUI's own WAN21 / WAN22 model base (latent format, I2V
+concat latent, CLIP-vision conditioning, per-frame timesteps, flow model sampling) around our diffusion model, inside a
 standard ModelPatcher, so every native node that takes a Wan MODEL works with it.
 """
 
@@ -43,23 +43,58 @@ class ComfyWanDiT(WanDiT):
         return executor.execute(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
 
 
-class LightX2VWan21(comfy.model_base.WAN21):
-    """ComfyUI's WAN21 model base with our DiT inside (built on the meta device, weights assigned later)."""
+def _init_on_meta(model, model_config, device) -> None:
+    """BaseModel's constructor with our DiT built on the meta device (weights are assigned later)."""
+    comfy.model_base.BaseModel.__init__(model, model_config, comfy.model_base.ModelType.FLOW,
+                                        device=torch.device("meta"), unet_model=ComfyWanDiT)
+    model.device = device
 
-    def __init__(self, model_config, image_to_video: bool, device=None):
-        comfy.model_base.BaseModel.__init__(self, model_config, comfy.model_base.ModelType.FLOW,
-                                            device=torch.device("meta"), unet_model=ComfyWanDiT)
-        self.device = device
+
+class LightX2VWan21(comfy.model_base.WAN21):
+    """ComfyUI's WAN21 model base with our DiT inside: Wan2.1 and the Wan2.2 A14B experts.
+
+    `image_to_video` is ComfyUI's own flag (True for models with the CLIP image branch); `needs_start_image` makes a
+    missing WanImageToVideo start image an error instead of the zeros ComfyUI would feed silently.
+    """
+
+    def __init__(self, model_config, image_to_video: bool, needs_start_image: bool, device=None):
+        _init_on_meta(self, model_config, device)
         self.image_to_video = image_to_video
+        self.needs_start_image = needs_start_image
 
     def concat_cond(self, **kwargs):
-        if self.image_to_video and kwargs.get("concat_latent_image") is None:
+        if self.needs_start_image and kwargs.get("concat_latent_image") is None:
+            clip = " and CLIP vision output" if self.image_to_video else " (no CLIP vision needed for Wan2.2 A14B)"
             raise LightX2VError(
                 "This is an image-to-video Wan model but the conditioning has no start image. Pass the "
-                "positive and negative conditioning through WanImageToVideo (with a start image and CLIP "
-                "vision output), or load a text-to-video model."
+                f"positive and negative conditioning through WanImageToVideo (with a start image{clip}), "
+                "or load a text-to-video model."
             )
         return super().concat_cond(**kwargs)
+
+
+class LightX2VWan22(comfy.model_base.WAN22):
+    """ComfyUI's WAN22 model base (Wan2.2 latent format, a timestep per latent frame from the noise mask) with our
+    DiT inside: Wan2.2 TI2V-5B."""
+
+    def __init__(self, model_config, device=None):
+        _init_on_meta(self, model_config, device)
+        self.image_to_video = True  # as comfy.supported_models.WAN22_T2V builds it
+
+
+def _model_base(cfg: WanConfig, model_config, device):
+    if cfg.is_wan22_ti2v:
+        return LightX2VWan22(model_config, device=device)
+    return LightX2VWan21(model_config, image_to_video=cfg.model_type == "i2v",
+                         needs_start_image=cfg.start_image_channels > 0, device=device)
+
+
+def _model_config_class(cfg: WanConfig):
+    """The supported_models class ComfyUI's own loader picks for these shapes (an A14B I2V expert is WAN21_T2V
+    there: model_type t2v with 36 input channels)."""
+    if cfg.is_wan22_ti2v:
+        return comfy.supported_models.WAN22_T2V
+    return comfy.supported_models.WAN21_I2V if cfg.model_type == "i2v" else comfy.supported_models.WAN21_T2V
 
 
 def _weight_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
@@ -87,8 +122,7 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
     """
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
-    config_class = comfy.supported_models.WAN21_I2V if cfg.model_type == "i2v" else comfy.supported_models.WAN21_T2V
-    model_config = config_class({**cfg.unet_config(), "image_model": "wan2.1"})
+    model_config = _model_config_class(cfg)({**cfg.unet_config(), "image_model": "wan2.1"})
     if dtype == "auto":
         parameters = sum(v.numel() for v in state_dict.values())
         unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=model_config.supported_inference_dtypes,
@@ -100,7 +134,7 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
     backend = choose_attention(attention, load_device, manual_cast or unet_dtype)
     state_dict, plan = apply_quantization(state_dict, quantization, unet_dtype)
 
-    model = LightX2VWan21(model_config, image_to_video=cfg.model_type == "i2v", device=offload_device)
+    model = _model_base(cfg, model_config, offload_device)
     if plan is not None:
         install_quant_linears(model.diffusion_model, plan.fmt, plan.mode, bias_dtype=unet_dtype)
     keys = list(state_dict)

@@ -5,7 +5,9 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..lightx2v_nodes.sampling.changing_resolution import build_plan, parse_rates, parse_switch_steps
-from ..lightx2v_nodes.sampling.comfy_sampling import MODE_SAMPLERS, sample_changing_resolution, sample_with_sigmas
+from ..lightx2v_nodes.sampling.comfy_sampling import (MODE_SAMPLERS, sample_changing_resolution, sample_two_experts,
+                                                      sample_with_sigmas)
+from ..lightx2v_nodes.sampling.experts import DISTILL_SWITCH_STEP, expert_switch_step
 from ..lightx2v_nodes.sampling.schedule import DEFAULT_STEP_LIST, distill_sigmas, multistep_sigmas, parse_step_list
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -25,6 +27,10 @@ def _sampling_inputs(cfg_default: float, cfg_tooltip: str):
         io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                      tooltip="Seed of the starting noise (and of the fresh noise in renoise mode)."),
     ], io.Float.Input("cfg", default=cfg_default, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=cfg_tooltip)
+
+
+# switch_at choice -> the sigma boundary it switches at (None: at switch_step).
+SWITCH_CHOICES = {"step": None, "boundary T2V (0.875)": 0.875, "boundary I2V (0.900)": 0.900}
 
 
 class FourStepSampler(io.ComfyNode):
@@ -47,15 +53,31 @@ class FourStepSampler(io.ComfyNode):
                                tooltip="deterministic: Euler flow step (LightX2V's current rule; = native euler). "
                                        "renoise: x0 plus fresh seeded noise at each step (the rule most community "
                                        "distill LoRAs were trained with; = native lcm)."),
+                io.Model.Input("low_noise_model", optional=True,
+                               tooltip="Wan2.2 A14B: the low-noise expert (with its own LoRA, cache, offload). `model` "
+                                       "is then the high-noise expert. Only one expert is on the GPU at a time."),
+                io.Combo.Input("switch_at", options=list(SWITCH_CHOICES), default="step", optional=True,
+                               tooltip="Where the low-noise expert takes over. step: at switch_step (LightX2V's "
+                                       "4-step Wan2.2 distills: 2). boundary: at the official Wan2.2 sigma boundary "
+                                       "(high-noise expert while sigma >= 0.875 for T2V, 0.900 for I2V)."),
+                io.Int.Input("switch_step", default=DISTILL_SWITCH_STEP, min=1, max=1000, optional=True,
+                             tooltip="With switch_at = step: steps before it run on the high-noise expert (2 = steps "
+                                     "1-2 high, 3-4 low)."),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent: decode it with VAE Decode or a tiny VAE.")],
         )
 
     @classmethod
-    def execute(cls, model, positive, latent_image, seed, denoising_step_list, shift, cfg, mode, negative=None):
+    def execute(cls, model, positive, latent_image, seed, denoising_step_list, shift, cfg, mode, negative=None,
+                low_noise_model=None, switch_at="step", switch_step=DISTILL_SWITCH_STEP):
         sigmas = distill_sigmas(parse_step_list(denoising_step_list), shift)
+        label = f"{len(sigmas) - 1}-step {mode}"
+        if low_noise_model is not None:
+            switch = expert_switch_step(sigmas, SWITCH_CHOICES[switch_at], switch_step)
+            return io.NodeOutput(sample_two_experts(model, low_noise_model, positive, negative, latent_image, seed,
+                                                    sigmas, switch, cfg, MODE_SAMPLERS[mode], label=label))
         return io.NodeOutput(sample_with_sigmas(model, positive, negative, latent_image, seed, sigmas, cfg,
-                                                MODE_SAMPLERS[mode], label=f"{len(sigmas) - 1}-step {mode}"))
+                                                MODE_SAMPLERS[mode], label=label))
 
 
 class DistillSigmas(io.ComfyNode):

@@ -23,6 +23,7 @@ import latent_preview
 
 from ..errors import LightX2VError
 from .changing_resolution import Stage, renoise, resize_latent
+from .experts import check_expert_pair, split_sigmas
 
 log = logging.getLogger("lightx2v_nodes")
 
@@ -78,7 +79,16 @@ def check_sampler_name(sampler_name: str) -> str:
 
 
 def _input_latent(model, latent: dict) -> torch.Tensor:
-    return comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    """The latent as ComfyUI's samplers take it. A latent made for another VAE is an error: ComfyUI would silently
+    widen an empty one to the model's channels at the wrong size (a Wan2.1 latent is H/8, Wan2.2's H/16)."""
+    samples = latent["samples"]
+    channels = model.get_model_object("latent_format").latent_channels
+    if not samples.is_nested and samples.ndim == 5 and samples.shape[1] != channels:
+        raise LightX2VError(
+            f"The latent has {samples.shape[1]} channels but this model works on {channels}-channel latents. Wan2.2 "
+            "TI2V-5B takes 48-channel latents (Wan22ImageToVideoLatent); Wan2.1 and the Wan2.2 A14B experts take "
+            "16-channel ones (EmptyHunyuanLatentVideo or WanImageToVideo). Use the latent node for this model.")
+    return comfy.sample.fix_empty_latent_channels(model, samples)
 
 
 def sample_with_sigmas(model, positive, negative, latent: dict, seed: int, sigmas: torch.Tensor, cfg: float,
@@ -91,6 +101,61 @@ def sample_with_sigmas(model, positive, negative, latent: dict, seed: int, sigma
     samples = guider.sample(noise, latent_image, comfy.samplers.sampler_object(check_sampler_name(sampler_name)), sigmas,
                             denoise_mask=latent.get("noise_mask"), callback=progress.callback(),
                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = latent.copy()
+    out["samples"] = samples.to(mm.intermediate_device())
+    return out
+
+
+def expert_config(model) -> dict:
+    """The architecture fields of a MODEL (ours or native), as ComfyUI's model config names them."""
+    config = dict(model.model.model_config.unet_config)
+    config.setdefault("out_dim", model.get_model_object("latent_format").latent_channels)
+    return config
+
+
+def check_experts(high, low) -> None:
+    """Raises before anything runs if `low` cannot take over from `high`."""
+    check_expert_pair(expert_config(high), expert_config(low), type(high.model).__name__, type(low.model).__name__)
+
+
+def offload_model(model) -> None:
+    """Moves one MODEL off the GPU through ComfyUI's model management (other loaded models stay)."""
+    loaded = mm.current_loaded_models
+    for i in range(len(loaded) - 1, -1, -1):
+        if loaded[i].model is model:
+            loaded[i].model_unload()
+            loaded.pop(i)
+    mm.soft_empty_cache()
+
+
+def sample_two_experts(high, low, positive, negative, latent: dict, seed: int, sigmas: torch.Tensor,
+                       switch_step: int, cfg: float, sampler_name: str, label: str) -> dict:
+    """Wan2.2 A14B: the steps before `switch_step` on the high-noise expert, the rest on the low-noise one.
+
+    The same two calls as ComfyUI's SplitSigmas -> SamplerCustomAdvanced(high, RandomNoise) ->
+    SamplerCustomAdvanced(low, DisableNoise): each segment loads its own expert (with its own patches, LoRA,
+    cache and offload), and the high-noise expert leaves the GPU before the low-noise one is loaded.
+    """
+    check_experts(high, low)
+    high_sigmas, low_sigmas = split_sigmas(sigmas, switch_step)
+    sampler = comfy.samplers.sampler_object(check_sampler_name(sampler_name))
+    latent_image = _input_latent(high, latent)
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    progress = StepProgress(high, len(sigmas) - 1, label)
+    mask = latent.get("noise_mask")
+    pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    samples = make_guider(high, positive, negative, cfg).sample(
+        noise, latent_image, sampler, high_sigmas, denoise_mask=mask, callback=progress.callback(), disable_pbar=pbar,
+        seed=seed)
+    mm.throw_exception_if_processing_interrupted()
+    if low is not high:
+        offload_model(high)
+    log.info("LightX2V %s: high-noise expert done (steps 1-%d), low-noise expert takes steps %d-%d", label,
+             switch_step, switch_step + 1, len(sigmas) - 1)
+    samples = samples.to(mm.intermediate_device())
+    samples = make_guider(low, positive, negative, cfg).sample(
+        torch.zeros_like(samples, device="cpu"), samples, sampler, low_sigmas, denoise_mask=mask,
+        callback=progress.callback(switch_step), disable_pbar=pbar, seed=seed)
     out = latent.copy()
     out["samples"] = samples.to(mm.intermediate_device())
     return out

@@ -1,4 +1,4 @@
-"""The project's Wan2.1 DiT forward, state-dict compatible with the original Wan key names.
+"""The project's Wan DiT forward (Wan2.1, Wan2.2 A14B experts and TI2V-5B), state-dict compatible with the original Wan key names.
 
 Module names match the original checkpoints (and ComfyUI's WanModel), so files load with no renaming.
 Layers are built from an `operations` namespace (Linear, LayerNorm, RMSNorm, Conv3d): plain PyTorch by
@@ -139,6 +139,26 @@ class CrossAttention(SelfAttention):
         return self.o(out)
 
 
+def per_token(terms: torch.Tensor, length: int) -> torch.Tensor:
+    """Per-frame terms [B, N, dim] repeated over each frame's tokens -> [B, length, dim]; [B, 1, dim] stays as is.
+
+    The same rule as ComfyUI's repeat_e (comfy/ldm/wan/model.py): N consecutive runs of length // N tokens, one
+    token more per run (cut at `length`) where N does not divide the sequence.
+    """
+    frames = terms.shape[1]
+    if frames == 1:
+        return terms
+    repeats = length // frames
+    if repeats * frames == length:
+        return torch.repeat_interleave(terms, repeats, dim=1)
+    return torch.repeat_interleave(terms, repeats + 1, dim=1)[:, :length]
+
+
+def token_rows(mod, s: slice):
+    """The modulation terms of one token chunk: per-token terms are sliced, broadcast [B, 1, dim] ones kept."""
+    return tuple(m if m.shape[1] == 1 else m[:, s] for m in mod)
+
+
 def _open_gate(phase: int) -> None:
     """No scheduler: every weight is already where the block runs."""
 
@@ -190,8 +210,12 @@ class WanBlock(nn.Module):
         self.cross_attn.set_attention(backend)
 
     def modulation_terms(self, e0, x):
-        """shift/scale/gate for both modulated sub-layers: 6 tensors [B, 1, dim]."""
-        return (self.modulation.to(device=x.device, dtype=x.dtype) + e0).chunk(6, dim=1)
+        """shift/scale/gate for both modulated sub-layers: 6 tensors [B, 1, dim], or [B, L, dim] when e0 holds one
+        timestep per latent frame ([B, N, 6, dim], Wan2.2 TI2V with a start frame)."""
+        modulation = self.modulation.to(device=x.device, dtype=x.dtype)
+        if e0.ndim == 3:
+            return (modulation + e0).chunk(6, dim=1)
+        return tuple(per_token(term, x.shape[1]) for term in (modulation.unsqueeze(0) + e0).unbind(2))
 
     # The inputs of the phases' first linears: norm (+ modulation), quantized once in a fused kernel where the linears
     # are 8-bit (wan/norm_quant.py), else the module ops' 16-bit tensor.
@@ -230,7 +254,7 @@ class WanBlock(nn.Module):
         attn, length = self.self_attn, x.shape[1]
 
         def qkv(s):
-            y = self.self_attention_input(x[:, s], mod)
+            y = self.self_attention_input(x[:, s], token_rows(mod, s))
             q = attn.normed_roped(attn.q(y), attn.norm_q, rope[s])
             return q, attn.normed_roped(attn.k(y), attn.norm_k, rope[s]), attn.heads(attn.v(y))
 
@@ -238,7 +262,7 @@ class WanBlock(nn.Module):
         y = attn.attend(q, k, v)
         del q, k, v
         # contiguous: with batch > 1 a token slice is strided, and a strided input takes another (batched) GEMM path
-        return chunked_tokens(lambda s: (torch.addcmul(x[:, s], attn.o(y[:, s].contiguous()), mod[2]),), length,
+        return chunked_tokens(lambda s: (torch.addcmul(x[:, s], attn.o(y[:, s].contiguous()), token_rows(mod, s)[2]),), length,
                               self.token_chunk)[0]
 
     def cross_attention_phase_chunked(self, x, context, context_img_len):
@@ -249,8 +273,9 @@ class WanBlock(nn.Module):
 
     def ffn_phase_chunked(self, x, mod):
         def ffn(s):  # ffn_phase's ops on one chunk (not a call of it: torch.compile may have replaced that one)
-            return (torch.addcmul(x[:, s], feed_forward(self.ffn, self.ffn_input(x[:, s], mod), self.fuse_gelu_quant),
-                                  mod[5]),)
+            rows = token_rows(mod, s)
+            return (torch.addcmul(x[:, s], feed_forward(self.ffn, self.ffn_input(x[:, s], rows), self.fuse_gelu_quant),
+                                  rows[5]),)
 
         return chunked_tokens(ffn, x.shape[1], self.token_chunk)[0]
 
@@ -288,7 +313,12 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.empty(1, 2, dim, device=device, dtype=dtype))
 
     def forward(self, x, e):
-        shift, scale = (self.modulation.to(device=x.device, dtype=x.dtype) + e.unsqueeze(1)).chunk(2, dim=1)
+        """e: [B, dim], or [B, N, dim] for per-frame timesteps."""
+        modulation = self.modulation.to(device=x.device, dtype=x.dtype)
+        if e.ndim == 2:
+            shift, scale = (modulation + e.unsqueeze(1)).chunk(2, dim=1)
+        else:
+            shift, scale = (per_token(term, x.shape[1]) for term in (modulation.unsqueeze(0) + e.unsqueeze(2)).unbind(2))
         return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
 
 
@@ -353,7 +383,8 @@ class WanDiT(nn.Module):
     block_folder = None
 
     def forward(self, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None, **kwargs):
-        """x [B, in_dim, T, H, W], timestep [B] (sigma*1000), context [B, L, text_dim] -> [B, out_dim, T, H, W]."""
+        """x [B, in_dim, T, H, W], timestep [B] or [B, T] (sigma*1000, per latent frame), context [B, L, text_dim]
+        -> [B, out_dim, T, H, W]."""
         transformer_options = transformer_options or {}
         if self.block_folder is not None and self.blocks[0].phase_gate is None:
             raise LightX2VError(
@@ -362,6 +393,11 @@ class WanDiT(nn.Module):
                 "turn keep_blocks_on_disk off."
             )
         if x.shape[1] != self.in_dim:
+            if self.in_dim == self.out_dim or x.shape[1] > self.in_dim:
+                raise LightX2VError(
+                    f"This Wan model works on {self.out_dim}-channel latents but got a {x.shape[1]}-channel latent: the "
+                    "latent was made for another VAE. Wan2.2 TI2V-5B takes 48-channel latents (Wan22ImageToVideoLatent), "
+                    "Wan2.1 and Wan2.2 A14B 16-channel ones (EmptyHunyuanLatentVideo, WanImageToVideo).")
             if self.in_dim > x.shape[1]:
                 raise LightX2VError(
                     f"This is an image-to-video Wan model ({self.in_dim} input channels) but it received a "
@@ -382,8 +418,7 @@ class WanDiT(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         rope = rope_tables(self.dim // self.num_heads, *grid, device=x.device)
 
-        e = self.time_embedding(sinusoidal_embedding(self.freq_dim, timestep.flatten()).to(x.dtype))
-        e0 = self.time_projection(e).unflatten(1, (6, self.dim))
+        e, e0 = self.time_embeddings(timestep, x.dtype)
         context = self.text_embedding(context)
         context_img_len = None
         if clip_fea is not None and self.img_emb is not None:
@@ -401,6 +436,15 @@ class WanDiT(nn.Module):
             x = cache(tokens, e, e0, transformer_options, lambda rows: run_blocks(
                 tokens[rows], e0[rows], rope, context[rows], context_img_len, transformer_options))
         return self.unpatchify(self.head(x, e), grid)
+
+    def time_embeddings(self, timestep, dtype):
+        """e [B, dim] and e0 [B, 6, dim] for one timestep per sample ([B]); for a timestep per latent frame ([B, N],
+        what ComfyUI's WAN22.process_timestep makes of a noise mask) e [B, N, dim] and e0 [B, N, 6, dim]."""
+        e = self.time_embedding(sinusoidal_embedding(self.freq_dim, timestep.flatten()).to(dtype))
+        if timestep.ndim < 2:
+            return e, self.time_projection(e).unflatten(1, (6, self.dim))
+        e = e.unflatten(0, (timestep.shape[0], -1))
+        return e, self.time_projection(e).unflatten(2, (6, self.dim))
 
     def run_blocks(self, x, e0, rope, context, context_img_len, transformer_options):
         """All blocks in order, honouring ComfyUI-style `patches_replace["dit"][("double_block", i)]`."""

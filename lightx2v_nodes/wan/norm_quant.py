@@ -84,7 +84,9 @@ def modulated(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torc
               fuse: bool = True):
     """addcmul(shift, norm(x), 1 + scale) as the input of `linears` (x [B, L, D], shift/scale [B, 1, D]).
     fuse=False: always the module ops, then each linear's own quantization (bench/dit_forward.py --norm-quant-ab)."""
-    if fuse and shift.dtype == scale.dtype == x.dtype and applies(norm, x, linears, containers):
+    # The kernel takes one shift/scale row per sample; per-token terms (per-frame timesteps) keep the module ops.
+    if (fuse and shift.dtype == scale.dtype == x.dtype and shift.shape[1] == scale.shape[1] == 1
+            and applies(norm, x, linears, containers)):
         return _quantized(norm, x, linears, shift, scale)
     return torch.addcmul(shift, norm(x), 1 + scale)
 

@@ -1,7 +1,7 @@
-"""Tiny random Wan2.1 DiT checkpoints, in every layout and dtype the loader accepts.
+"""Tiny random Wan2.1 / Wan2.2 DiT checkpoints, in every layout and dtype the loader accepts.
 
 No model weights can be downloaded where this project is tested, so tests and the demo build their own.
-CLI: python -m lightx2v_nodes.wan.synthetic OUT [--task t2v|i2v|flf2v] [--dim 256] [--layers 2]
+CLI: python -m lightx2v_nodes.wan.synthetic OUT [--task t2v|i2v|flf2v|i2v_a14b|ti2v] [--dim 256] [--layers 2]
      [--ffn-dim 512] [--layout original|comfy|diffusion_model|diffusers|blocks|pt] [--dtype fp32|bf16|fp16]
 """
 
@@ -24,12 +24,22 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FLF_TOKENS = 514  # two CLIP images of 257 tokens
 
 
+# task -> (input channels, output channels, ComfyUI model_type)
+TASKS = {
+    "t2v": (16, 16, "t2v"),
+    "i2v": (36, 16, "i2v"),
+    "flf2v": (36, 16, "i2v"),
+    "i2v_a14b": (36, 16, "t2v"),  # Wan2.2 I2V expert: start-image channels, no CLIP image branch
+    "ti2v": (48, 48, "t2v"),  # Wan2.2 TI2V-5B: 48-channel latents
+}
+
+
 def tiny_config(task: str = "t2v", dim: int = 256, layers: int = 2, ffn_dim: int = 512, text_dim: int = 4096) -> WanConfig:
     """dim must be a multiple of 128 and text_dim 4096 for ComfyUI's own loader to detect the file."""
+    in_dim, out_dim, model_type = TASKS[task]
     return WanConfig(
         dim=dim, ffn_dim=ffn_dim, num_heads=dim // HEAD_DIM, num_layers=layers,
-        in_dim=16 if task == "t2v" else 36, text_dim=text_dim,
-        model_type="t2v" if task == "t2v" else "i2v",
+        in_dim=in_dim, out_dim=out_dim, text_dim=text_dim, model_type=model_type,
         flf_pos_embed_token_number=FLF_TOKENS if task == "flf2v" else None,
     )
 
@@ -149,7 +159,7 @@ def _write_block_directory(sd: dict[str, torch.Tensor], path: str) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write a tiny random Wan2.1 DiT checkpoint.")
     parser.add_argument("out")
-    parser.add_argument("--task", choices=("t2v", "i2v", "flf2v"), default="t2v")
+    parser.add_argument("--task", choices=tuple(TASKS), default="t2v")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--ffn-dim", type=int, default=512)
