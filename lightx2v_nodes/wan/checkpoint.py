@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 
 import torch
 from safetensors.torch import load_file
 
 from ..errors import LightX2VError
+from ..pickle_weights import load_weights_pickle
 from .config import detect_config
 from .keys import check_is_wan, to_original_layout
 
@@ -41,13 +41,9 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
 
 def read_pickle(path: str) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise LightX2VError(
-            f"Refused to load '{os.path.basename(path)}': it contains Python objects besides tensors, and "
-            "loading those could run code from the file. Use a .safetensors version of this model. "
-            f"Details: {str(exc).splitlines()[0]}"
-        ) from None
+        obj = load_weights_pickle(path)
+    except LightX2VError:
+        raise
     except Exception as exc:
         raise LightX2VError(f"Could not read '{os.path.basename(path)}': {exc}. Download it again.") from None
     # Training checkpoints nest the weights one level down.
