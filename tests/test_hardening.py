@@ -41,3 +41,47 @@ def test_code_carrying_pickle_gets_one_clear_message(tmp_path, loader, name):
 def test_ui_error_type_names_the_pack():
     # ComfyUI's execution.full_type_name, which labels the error in the UI: module + "." + qualified name.
     assert f"{LightX2VError.__module__}.{LightX2VError.__qualname__}" == "lightx2v.LightX2VError"
+
+
+def _block_folder(tmp_path):
+    import json
+
+    from lightx2v_nodes.wan import synthetic
+    from lightx2v_nodes.wan.checkpoint import INDEX_NAME
+
+    cfg = synthetic.tiny_config("t2v")
+    folder = synthetic.write_checkpoint(synthetic.random_state_dict(cfg), str(tmp_path / "blocks"), "blocks")
+    index = os.path.join(folder, INDEX_NAME)
+    with open(index, encoding="utf-8") as f:
+        record = json.load(f)
+    return folder, index, record
+
+
+@pytest.mark.parametrize("escape", ["absolute", "dotdot", "symlink"])
+def test_block_folder_index_cannot_name_files_outside_the_folder(tmp_path, escape):
+    import json
+    import shutil
+
+    folder, index, record = _block_folder(tmp_path)
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(os.path.join(folder, "block_1.safetensors"), outside)
+    entry = {"absolute": str(outside), "dotdot": "../outside.safetensors", "symlink": "link.safetensors"}[escape]
+    if escape == "symlink":
+        os.symlink(outside, os.path.join(folder, "link.safetensors"))
+    record["weight_map"] = {k: (entry if v == "block_1.safetensors" else v) for k, v in record["weight_map"].items()}
+    with open(index, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    with pytest.raises(LightX2VError, match=f"folder '{folder}' names '{entry}', which is outside the folder"):
+        load_wan_checkpoint(folder)
+
+
+def test_lazy_reader_refuses_a_block_file_linking_outside(tmp_path):
+    from lightx2v_nodes.offload.lazy import block_file
+
+    folder, _, _ = _block_folder(tmp_path)
+    target = os.path.join(folder, "block_1.safetensors")
+    os.rename(target, tmp_path / "moved.safetensors")
+    os.symlink(tmp_path / "moved.safetensors", target)
+    assert block_file(folder, 0) == os.path.realpath(os.path.join(folder, "block_0.safetensors"))
+    with pytest.raises(LightX2VError, match="outside the folder"):
+        block_file(folder, 1)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import LightX2VError
+from ..wan.checkpoint import file_in_folder
 from .pinning import host_buffer
 
 FILE_DTYPES = {
@@ -30,7 +31,7 @@ _EIGHT_BIT = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def block_file(directory: str, block: int) -> str:
-    return os.path.join(directory, f"block_{block}.safetensors")
+    return file_in_folder(directory, f"block_{block}.safetensors")
 
 
 def read_header(path: str) -> tuple[dict, int]:

@@ -55,6 +55,17 @@ def read_pickle(path: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+def file_in_folder(folder: str, name: str) -> str:
+    """`folder/name`, refused when it resolves outside the folder (an absolute path, `..`, a symlink out)."""
+    root = os.path.realpath(folder)
+    resolved = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, resolved]) != root or resolved == root:
+        raise LightX2VError(f"The per-block checkpoint folder '{folder}' names '{name}', which is outside the folder; "
+                            "only files inside it are read. Write the folder again (LightX2V Convert Wan DiT, "
+                            "save_by_block) or remove that entry from its index.")
+    return resolved
+
+
 def block_directory_files(path: str) -> list[str]:
     """The weight files of a per-block directory, from its index JSON when present."""
     index = os.path.join(path, INDEX_NAME)
@@ -62,7 +73,7 @@ def block_directory_files(path: str) -> list[str]:
         with open(index, encoding="utf-8") as f:
             weight_map = json.load(f).get("weight_map", {})
         names = sorted(set(weight_map.values()))
-        missing = [n for n in names if not os.path.isfile(os.path.join(path, n))]
+        missing = [n for n in names if not os.path.isfile(file_in_folder(path, n))]
         if missing:
             raise LightX2VError(
                 f"The per-block checkpoint '{os.path.basename(path)}' is incomplete: its index lists "
@@ -70,7 +81,7 @@ def block_directory_files(path: str) -> list[str]:
             )
     else:
         names = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
-    return [os.path.join(path, n) for n in names]
+    return [file_in_folder(path, n) for n in names]
 
 
 def read_state_dict(path: str, progress=None, blocks_on_disk: bool = False) -> dict[str, torch.Tensor]:
