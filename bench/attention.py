@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from bench_common import device_name, median_seconds, results_dir  # noqa: E402  (puts the repo on sys.path)
 
-from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
-from lightx2v_nodes.wan.attention import attention_function  # noqa: E402
+from lightx2v_nodes.kernel_loader import load_kernels  # noqa: E402
+from lightx2v_nodes.wan.attention import SDPA, choose_attention  # noqa: E402
 
 kernels = load_kernels()
 a8 = kernels.attention_8bit
@@ -59,17 +59,18 @@ def exact_attention(q, k, v, head_group: int = 8):
 
 
 def backends(device):
-    found = {"sdpa": attention_function("sdpa")}
+    found = {"sdpa": SDPA.call}
     if device.type == "cuda":
         def sdpa_flash(q, k, v):
             with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-                return attention_function("sdpa")(q, k, v)
+                return SDPA.call(q, k, v)
         found["sdpa-flash"] = sdpa_flash
         for name in ("sage", "flash"):
             try:
-                found[name] = attention_function(name)
+                backend = choose_attention(name, device, torch.bfloat16)
             except Exception:  # noqa: BLE001 - a package that is not installed is just not compared
-                pass
+                continue
+            found[name] = backend.call
     found["ours"] = lambda q, k, v: kernels.attention8(q, k, v)
     return found
 

@@ -29,6 +29,7 @@ from bench_common import call_ms, device_name, results_dir  # noqa: E402  (puts 
 from attention import kernels, wan_like  # noqa: E402
 from dit_forward import SIZES, random_weights  # noqa: E402
 from lightx2v_nodes.quant import quantize_dit_  # noqa: E402
+from lightx2v_nodes.wan.attention import eight_bit_backend  # noqa: E402
 from lightx2v_nodes.wan.model import WanDiT  # noqa: E402
 
 TOKENS, HEADS, HEAD_DIM = 32760, 40, 128
@@ -103,8 +104,9 @@ def forward_phases(log, device, forwards) -> dict:
     cfg = SIZES["14B"]
     weights = random_weights(cfg, device, torch.bfloat16)
     with torch.device("meta"):
-        model = WanDiT(**cfg.unet_config(), dtype=torch.bfloat16, attention_backend="lightx2v-int8")
+        model = WanDiT(**cfg.unet_config(), dtype=torch.bfloat16)
     model.load_state_dict(weights, strict=True, assign=True)
+    model.set_attention(eight_bit_backend())
     quantize_dit_(model, "fp8")
     del weights
     gen = torch.Generator(device=device).manual_seed(1)

@@ -25,9 +25,10 @@ import torch
 
 from bench_common import ROOT, device_name, results_dir, use_comfyui  # noqa: E402,F401  (puts the repo on sys.path)
 
-from lightx2v_nodes.quant import QuantLinear, quantize_dit_  # noqa: E402
-from lightx2v_nodes.quant import backends as quant_backends  # noqa: E402
-from lightx2v_nodes.wan import norm_quant, synthetic  # noqa: E402
+from lightx2v_nodes.errors import LightX2VError  # noqa: E402
+from lightx2v_nodes.quant import quantize_dit_  # noqa: E402
+from lightx2v_nodes.wan import synthetic  # noqa: E402
+from lightx2v_nodes.wan.attention import choose_attention  # noqa: E402
 from lightx2v_nodes.wan.compile import CompileSettings, compile_blocks  # noqa: E402
 from lightx2v_nodes.wan.config import WanConfig  # noqa: E402
 from lightx2v_nodes.wan.model import WanDiT  # noqa: E402
@@ -105,7 +106,7 @@ def agreement(out, out_native) -> dict:
 def attn8_variant_rows(args, ours, inputs, out_native, rows, size, device):
     """Our bf16 DiT with the 8-bit attention kernel in other P.V variants (kernels/attention_8bit.py defaults),
     against the native time and output already measured for this size."""
-    from lightx2v_nodes.quant.kernel_import import load_kernels
+    from lightx2v_nodes.kernel_loader import load_kernels
 
     if not args.attn8_variants:
         return []
@@ -113,7 +114,7 @@ def attn8_variant_rows(args, ours, inputs, out_native, rows, size, device):
     defaults = (module.PV_DTYPE, module.SPLIT_ACCUMULATION)
     base = next(r for r in rows if r["size"] == size)
     result = []
-    ours.set_attention("lightx2v-int8")
+    ours.set_attention(choose_attention("lightx2v-int8", device, torch.bfloat16))
     for variant in filter(None, args.attn8_variants.split(",")):
         pv, accumulation = variant.split("+")
         module.PV_DTYPE = {"fp8": torch.float8_e4m3fn, "fp16": torch.float16}[pv]
@@ -151,16 +152,16 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
                 + ("+unfused-norm-quant" if fmt and not norm_fused and not inductor_quantization else ""))
         if not wanted(args, name):
             continue
-        QuantLinear.gelu_fusion = gelu_fusion
-        quant_backends.INDUCTOR_QUANTIZATION = inductor_quantization
-        norm_quant.FUSED = norm_fused
         torch._dynamo.reset()  # each variant compiles its own graphs; none evicts another's cache entries
         with torch.device("meta"):
-            model = WanDiT(**cfg.unet_config(), dtype=dtype, attention_backend=base["backend"])
+            model = WanDiT(**cfg.unet_config(), dtype=dtype)
         model.load_state_dict(weights, strict=True, assign=True)
+        model.set_attention(choose_attention(base["backend"], device, dtype))
+        model.set_fusions(norm_quant=norm_fused, gelu_quant=gelu_fusion)
         if fmt:
             quantize_dit_(model, fmt)
-        phases = compile_blocks(model, CompileSettings(backend=backend, mode=args.compile_mode))
+        phases = compile_blocks(model, CompileSettings(backend=backend, mode=args.compile_mode,
+                                                       inductor_quantization=inductor_quantization))
         if phases is None:
             print(f"skip compile: unavailable on {device}")
             return result
@@ -178,9 +179,6 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
                        "native_peak_gib": base["native_peak_gib"], "ours_peak_gib": peak_c,
                        "native_activation_gib": base["native_activation_gib"], "ours_activation_gib": act_c,
                        **agreement(out_c, out_native), "compile_s": compile_s, "compile_failed": phases.failed})
-        QuantLinear.gelu_fusion = True
-        quant_backends.INDUCTOR_QUANTIZATION = False
-        norm_quant.FUSED = True
         del model, phases
         gc.collect()  # installed phases reference their blocks (a cycle): free this variant's weights now
         if device.type == "cuda":
@@ -238,10 +236,14 @@ def main():
         context = torch.randn(1, 512, 4096, generator=gen, device=device, dtype=dtype)
         for backend in args.backends.split(","):
             try:
-                ours.set_attention(backend)
-            except ValueError as exc:
+                chosen = choose_attention(backend, device, dtype)
+            except LightX2VError as exc:
                 print(f"skip {backend}: {exc}")
                 continue
+            if chosen.name != backend:
+                print(f"skip {backend}: {chosen.description}")
+                continue
+            ours.set_attention(chosen)
             if native_kernels.get(backend) is None:
                 print(f"skip {backend}: ComfyUI has no such kernel")
                 continue
@@ -262,8 +264,9 @@ def main():
             if row is None or not wanted(args, f"{row['backend']}+{fmt}"):
                 continue
             with torch.device("meta"):
-                quant = WanDiT(**cfg.unet_config(), dtype=dtype, attention_backend=row["backend"])
+                quant = WanDiT(**cfg.unet_config(), dtype=dtype)
             quant.load_state_dict(weights, strict=True, assign=True)
+            quant.set_attention(choose_attention(row["backend"], device, dtype))
             quantize_dit_(quant, fmt)  # new 8-bit tensors; the bf16 ones stay shared with the native model
             weight_gib = sum(t.numel() * t.element_size() for t in quant.state_dict().values()) / 2**30
             s_q, peak_q, act_q, out_q = time_forward(quant, (x, t, context), args.warmup, args.runs, device)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from bench_common import device_name, median_seconds, results_dir  # noqa: E402  (puts the repo on sys.path)
 
-from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
+from lightx2v_nodes.kernel_loader import load_kernels  # noqa: E402
 
 kernels = load_kernels()
 

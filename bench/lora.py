@@ -34,7 +34,7 @@ from lightx2v_nodes.lora.mapping import LowRankPatch, LoraPlan  # noqa: E402
 from lightx2v_nodes.lora.merge import merge_plan  # noqa: E402
 from lightx2v_nodes.lora.side_branch import SideBranches  # noqa: E402
 from lightx2v_nodes.wan.model import TORCH_OPS, WanBlock, rope_tables  # noqa: E402
-from lightx2v_nodes.wan.attention import attention_function  # noqa: E402
+from lightx2v_nodes.wan.attention import choose_attention  # noqa: E402
 
 FULL = {"dim": 5120, "ffn": 13824, "heads": 40, "grid": (21, 30, 52), "context": 512, "blocks": 40}
 TINY = {"dim": 256, "ffn": 512, "heads": 2, "grid": (2, 8, 8), "context": 16, "blocks": 2}
@@ -57,8 +57,7 @@ def make_block(s, device, dtype) -> WanBlock:
                 p.fill_(1.0)
             else:
                 p.normal_(0, 0.02)
-    attend = attention_function("auto")
-    block.self_attn.attend = block.cross_attn.attend = attend
+    block.set_attention(choose_attention("auto", device, dtype))
     return block.eval()
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench_common import device_name, median_seconds, results_dir  # noqa: E402  (puts the repo on sys.path)
 
-from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
+from lightx2v_nodes.kernel_loader import load_kernels  # noqa: E402
 from lightx2v_nodes.wan import attention  # noqa: E402
 from lightx2v_nodes.wan.model import apply_rope, rope_tables  # noqa: E402
 
@@ -157,7 +157,10 @@ def attention_rows(q_proj, norm_q, rotations, heads, head_dim, blocks, device, a
     """lightx2v-int8 self-attention with the unfused norm/RoPE vs from the projections (both eager)."""
     k_proj, norm_k, _ = setup(heads, head_dim, (1, 1, q_proj.shape[1]), device, seed=1)
     v = torch.randn(1, q_proj.shape[1], heads, head_dim, device=device).to(torch.bfloat16)
-    attend = attention.attention_function("lightx2v-int8")
+    # --tiny: the 8-bit kernel in the interpreter, at any length
+    backend = (attention.eight_bit_backend(min_keys=1) if args.tiny
+               else attention.choose_attention("lightx2v-int8", device, torch.bfloat16))
+    attend = backend.call
     want = attend(unfused(q_proj, norm_q, rotations, heads), unfused(k_proj, norm_k, rotations, heads), v)
 
     def vs_unfused(out):
@@ -167,7 +170,7 @@ def attention_rows(q_proj, norm_q, rotations, heads, head_dim, blocks, device, a
     return [measure("attn-unfused", lambda: attend(unfused(q_proj, norm_q, rotations, heads),
                                                    unfused(k_proj, norm_k, rotations, heads), v),
                     traffic, device, args, shape, blocks, vs_unfused),
-            measure("attn-fused", lambda: attend.from_projections(q_proj, k_proj, v, norm_q, norm_k, rotations),
+            measure("attn-fused", lambda: backend.from_projections(q_proj, k_proj, v, norm_q, norm_k, rotations),
                     traffic, device, args, shape, blocks, vs_unfused)]
 
 
@@ -180,7 +183,6 @@ def main():
     if args.tiny:
         device, shapes, compile_backend = torch.device("cpu"), TINY, "aot_eager"
         args.runs, args.warmup = 1, 1
-        attention._eight_bit_applies = lambda q, k: True  # the 8-bit kernel in the interpreter, at any length
     else:
         if not torch.cuda.is_available():
             sys.exit("bench/norm_rope.py needs a CUDA GPU (or --tiny for the CPU code path check)")

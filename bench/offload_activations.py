@@ -28,7 +28,7 @@ from bench_common import device_name, results_dir  # noqa: E402  (puts the repo 
 from lightx2v_nodes.offload.peak_memory import peak_bytes  # noqa: E402
 from lightx2v_nodes.offload.planner import CHUNK_TOKENS, ModelSizes, activation_peak_bytes  # noqa: E402
 from lightx2v_nodes.quant import quantize_dit_  # noqa: E402
-from lightx2v_nodes.wan.attention import attention_function  # noqa: E402
+from lightx2v_nodes.wan.attention import choose_attention  # noqa: E402
 from lightx2v_nodes.wan.model import TORCH_OPS, WanBlock, rope_tables  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def make_block(dim, ffn, fmt, device) -> WanBlock:
         for name, p in block.named_parameters():
             scale = p.shape[-1] ** -0.5 if p.dim() == 2 else 0.05
             p.copy_(torch.randn(p.shape, generator=gen, device=device) * scale + (1.0 if "norm" in name else 0.0))
-    block.self_attn.attend = block.cross_attn.attend = attention_function("auto")
+    block.set_attention(choose_attention("auto", device, torch.bfloat16))
     if fmt == "fp8":
         holder = torch.nn.Module()
         holder.blocks = torch.nn.ModuleList([block])

@@ -30,7 +30,7 @@ from bench_common import ROOT, device_name, median_seconds, results_dir, use_com
 
 from lightx2v_nodes.quant import backends, install_quant_linears, quantize_weight  # noqa: E402
 from lightx2v_nodes.quant.formats import FORMATS  # noqa: E402
-from lightx2v_nodes.quant.kernel_import import load_kernels  # noqa: E402
+from lightx2v_nodes.kernel_loader import load_kernels  # noqa: E402
 
 from lightx2v_nodes.wan import synthetic  # noqa: E402
 from lightx2v_nodes.wan.config import WanConfig  # noqa: E402

@@ -1,6 +1,4 @@
-"""The only module that knows ComfyUI internals beyond node schemas.
-
-It wraps the project's WanDiT as a native MODEL: ComfyUI's own WAN21 model base (latent format, I2V
+"""Wraps the project's WanDiT as a native MODEL: ComfyUI's own WAN21 model base (latent format, I2V
 concat latent, CLIP-vision conditioning, flow model sampling) around our diffusion model, inside a
 standard ModelPatcher, so every native node that takes a Wan MODEL works with it.
 """
@@ -17,13 +15,13 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.supported_models
-import comfy.utils
 import folder_paths
 
 from .errors import LightX2VError
 from .quant import apply_quantization, install_quant_linears
 from .quant.formats import QUANTIZED_DTYPES, SCALE_SUFFIX
-from .offload.units import is_placeholder, placeholder
+from .placeholders import is_placeholder, placeholder
+from .wan.attention import choose_attention
 from .wan.checkpoint import is_block_directory
 from .wan.config import WanConfig
 from .wan.model import WanDiT
@@ -33,6 +31,11 @@ log = logging.getLogger("lightx2v_nodes")
 
 class ComfyWanDiT(WanDiT):
     """WanDiT whose forward runs through ComfyUI's DIFFUSION_MODEL wrappers, as native Wan does."""
+
+    def __init__(self, *, image_model: str, **config):
+        # ComfyUI's BaseModel builds the diffusion model from its model config's unet_config, whose image_model
+        # names the model family for ComfyUI's own detection; the rest are WanDiT's arguments.
+        super().__init__(**config)
 
     def forward(self, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
         wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
@@ -59,17 +62,6 @@ class LightX2VWan21(comfy.model_base.WAN21):
         return super().concat_cond(**kwargs)
 
 
-def lightx2v_dit(model, node: str, native_alternative: str) -> WanDiT:
-    """The DiT inside a MODEL from LightX2V Load Wan DiT; for any other MODEL an error naming `node` and what
-    to use instead for native models."""
-    dit = getattr(model.model, "diffusion_model", None)
-    if not isinstance(dit, WanDiT):
-        raise LightX2VError(
-            f"{node} works on models loaded with 'LightX2V Load Wan DiT', but this MODEL runs {type(dit).__name__}. "
-            f"Load the model with LightX2V Load Wan DiT, or use {native_alternative} for models from native loaders.")
-    return dit
-
-
 def _weight_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
     """The dtype most of the float block weights are stored in (8-bit weights and their scales excluded)."""
     counts: dict[torch.dtype, int] = {}
@@ -90,11 +82,13 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
 
     `quantization` is one of QUANTIZATION_CHOICES; with an 8-bit plan the block linears become QuantLinear
     (the rest of the DiT is built from ComfyUI's ops as usual); the plan is kept as `diffusion_model.quant_plan`.
+    `attention` is one of wan.attention.BACKENDS, decided here for the load device and compute dtype; what runs is
+    `diffusion_model.attention`.
     """
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     config_class = comfy.supported_models.WAN21_I2V if cfg.model_type == "i2v" else comfy.supported_models.WAN21_T2V
-    model_config = config_class({**cfg.unet_config(), "image_model": "wan2.1", "attention_backend": attention})
+    model_config = config_class({**cfg.unet_config(), "image_model": "wan2.1"})
     if dtype == "auto":
         parameters = sum(v.numel() for v in state_dict.values())
         unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=model_config.supported_inference_dtypes,
@@ -103,6 +97,7 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
         unet_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     manual_cast = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast)
+    backend = choose_attention(attention, load_device, manual_cast or unet_dtype)
     state_dict, plan = apply_quantization(state_dict, quantization, unet_dtype)
 
     model = LightX2VWan21(model_config, image_to_video=cfg.model_type == "i2v", device=offload_device)
@@ -124,6 +119,7 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
         raise LightX2VError(f"The file's tensors do not fit a {cfg.variant}: {str(exc)[:400]}") from None
     model.diffusion_model.requires_grad_(False)
     model.diffusion_model.quant_plan = plan
+    model.diffusion_model.set_attention(backend)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
@@ -167,14 +163,3 @@ def lora_file_choices() -> list[str]:
 
 def resolve_lora_file(name: str) -> str:
     return folder_paths.get_full_path_or_raise("loras", name)
-
-
-class ProgressReporter:
-    """A ComfyUI progress bar (shown on the node) driven by (done, total) callbacks."""
-
-    def __init__(self, total: int = 100):
-        self.bar = comfy.utils.ProgressBar(total)
-        self.total = total
-
-    def __call__(self, done: int, total: int) -> None:
-        self.bar.update_absolute(int(self.total * done / max(total, 1)), self.total)

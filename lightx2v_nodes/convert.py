@@ -13,7 +13,7 @@ import logging
 import sys
 
 from .errors import LightX2VError
-from .quant.convert import NON_LINEAR_DTYPES, convert_checkpoint
+from .converter.pipeline import NON_LINEAR_DTYPES, convert_checkpoint
 from .quant.formats import FORMATS
 
 

@@ -5,9 +5,10 @@ import os
 
 from comfy_api.latest import io, ui
 
-from ..lightx2v_nodes.comfy_adapter import (ProgressReporter, converted_model_path, diffusion_model_choices, lora_file_choices,
+from ..lightx2v_nodes.comfy_adapter import (converted_model_path, diffusion_model_choices, lora_file_choices,
                                             resolve_diffusion_model, resolve_lora_file)
-from ..lightx2v_nodes.quant.convert import convert_checkpoint
+from ..lightx2v_nodes.comfy_common import ProgressReporter
+from ..lightx2v_nodes.converter.pipeline import convert_checkpoint
 
 log = logging.getLogger("lightx2v_nodes")
 NO_LORA = "none"

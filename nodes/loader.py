@@ -5,9 +5,10 @@ import logging
 from comfy_api.latest import io
 
 from ..lightx2v_nodes.errors import LightX2VError
-from ..lightx2v_nodes.comfy_adapter import ProgressReporter, build_model_patcher, diffusion_model_choices, resolve_diffusion_model
+from ..lightx2v_nodes.comfy_common import ProgressReporter
+from ..lightx2v_nodes.comfy_adapter import build_model_patcher, diffusion_model_choices, resolve_diffusion_model
 from ..lightx2v_nodes.quant import QUANTIZATION_CHOICES
-from ..lightx2v_nodes.wan.attention import BACKENDS
+from ..lightx2v_nodes.wan.attention import BACKENDS, check_attention_choice
 from ..lightx2v_nodes.wan.checkpoint import load_wan_checkpoint
 
 log = logging.getLogger("lightx2v_nodes")
@@ -32,8 +33,10 @@ class LoadWanDiT(io.ComfyNode):
                 io.Combo.Input("attention", options=list(BACKENDS), default="auto",
                                tooltip="Attention kernel. lightx2v-int8 = our 8-bit Triton kernel (int8 Q.K, fp8 P.V; "
                                        "1.4x cuDNN on an H100 at 480p, used for long self-attention, SDPA elsewhere). "
-                                       "auto = lightx2v-int8 on Hopper GPUs, else PyTorch SDPA; sage and flash need "
-                                       "the sageattention / flash-attn packages."),
+                                       "auto = exact PyTorch SDPA for fp32 compute, else lightx2v-int8 where it can "
+                                       "run (CUDA GPU with fp8 tensor cores: RTX 40xx / H100 or newer; Triton), else "
+                                       "SDPA. A choice that cannot run here runs SDPA; the log says what runs. sage "
+                                       "and flash need the sageattention / flash-attn packages."),
                 io.Combo.Input("quantization", options=list(QUANTIZATION_CHOICES), default="auto", optional=True,
                                tooltip="8-bit block linears (attention q/k/v/o and FFN; the rest stays in the compute dtype). "
                                        "auto = as stored in the file. fp8/int8 quantize a bf16 file on load (or keep a file "
@@ -52,6 +55,7 @@ class LoadWanDiT(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, dtype, attention, quantization="auto", keep_blocks_on_disk=False):
+        check_attention_choice(attention)  # before reading the file
         progress = ProgressReporter()
         path = resolve_diffusion_model(model_name)
         if keep_blocks_on_disk and quantization != "auto":
@@ -69,7 +73,7 @@ class LoadWanDiT(io.ComfyNode):
         quant = dit.quant_plan.describe() if dit.quant_plan else "none"
         log.info("LightX2V: loaded %s (%s layout), dtype %s, attention %s, quantization %s, %.2fM parameters",
                  cfg.variant, layout, str(model.model.get_dtype()).replace("torch.", ""),
-                 dit.attention_backend, quant, parameters / 1e6)
+                 dit.attention.description, quant, parameters / 1e6)
         return io.NodeOutput(model)
 
 

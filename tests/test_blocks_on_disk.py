@@ -25,7 +25,7 @@ def folders(models_dir):
         if fmt == "bf16":
             synthetic.write_checkpoint(sd, target, "blocks", "bf16")
         else:
-            from lightx2v_nodes.quant.convert import convert_checkpoint
+            from lightx2v_nodes.converter.pipeline import convert_checkpoint
             single = str(models_dir / "diffusion_models" / "test_blocks_on_disk_source.safetensors")
             synthetic.write_checkpoint(sd, single, "comfy", "bf16")
             convert_checkpoint(single, target, "int8", save_by_block=True)

@@ -22,8 +22,9 @@ CPU = wan_compile.CompileSettings(backend="aot_eager")
 
 def tiny_model(layers=4, dtype=torch.float32, device="cpu", seed=0):
     cfg = synthetic.tiny_config("t2v", dim=128, layers=layers, ffn_dim=256, text_dim=64)
-    # SDPA: a graph break around an attention kernel (lightx2v-int8, `auto` on Hopper) would change the graph counts.
-    model = WanDiT(**cfg.unet_config(), dtype=dtype, device=device, attention_backend="sdpa")
+    # SDPA (WanDiT's own until set_attention): a graph break around an attention kernel (lightx2v-int8) would
+    # change the graph counts.
+    model = WanDiT(**cfg.unet_config(), dtype=dtype, device=device)
     gen = torch.Generator().manual_seed(seed)
     state = {k: (torch.randn(v.shape, generator=gen) * 0.2 + (1.0 if "norm" in k and k.endswith("weight") else 0.0))
              for k, v in model.state_dict().items()}

@@ -11,7 +11,7 @@ from lightx2v_nodes import convert as cli
 from lightx2v_nodes.errors import LightX2VError
 from lightx2v_nodes.lora.synthetic import make_lora, write_lora
 from lightx2v_nodes.quant import is_block_linear, normalize_quantized, quantize_weight
-from lightx2v_nodes.quant.convert import convert_checkpoint
+from lightx2v_nodes.converter.pipeline import convert_checkpoint
 from lightx2v_nodes.wan import synthetic
 from lightx2v_nodes.wan.checkpoint import INDEX_NAME, load_wan_checkpoint
 

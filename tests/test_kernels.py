@@ -129,7 +129,7 @@ def test_kernels_in_triton_interpreter():
 def test_references_without_triton_match_formulas():
     """The references are what runs without Triton: they must reproduce the quantization formula exactly."""
     from lightx2v_nodes.quant import quantize_weight
-    from lightx2v_nodes.quant.kernel_import import load_kernels
+    from lightx2v_nodes.kernel_loader import load_kernels
 
     kernels = load_kernels()
     w = torch.randn(33, 70) * 5

@@ -213,13 +213,13 @@ def test_outputs_that_need_autograd_take_the_out_of_place_add():
 
 def test_compiled_phases_trace_without_graph_breaks():
     """Under torch.compile the shared cache is bypassed: its host bookkeeping would split the phase's graph."""
-    from lightx2v_nodes.wan.attention import attention_function
+    from lightx2v_nodes.wan.attention import SDPA
     from lightx2v_nodes.wan.model import rope_tables
 
     cfg = wan_synthetic.tiny_config(layers=1)
     dit = make_model(cfg, wan_synthetic.random_state_dict(cfg, seed=1))
     block = dit.blocks[0]
-    block.self_attn.attend = attention_function("sdpa")
+    block.set_attention(SDPA)
     gen = torch.Generator().manual_seed(0)
     x, mod = torch.randn(1, 48, cfg.dim, generator=gen), [torch.randn(1, 1, cfg.dim, generator=gen) * 0.1 for _ in range(6)]
     rope = rope_tables(128, 3, 4, 4, device="cpu")

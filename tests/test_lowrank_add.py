@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from lightx2v_nodes.quant.kernel_import import load_kernels
+from lightx2v_nodes.kernel_loader import load_kernels
 from triton_interpreter import run_in_triton_interpreter
 kernels = load_kernels()
 SHAPES = [(37, 50, 8), (70, 33, 64), (65, 130, 100)]  # (M, N, rank), none a multiple of the tiles

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from triton_interpreter import run_in_triton_interpreter
 from lightx2v_nodes.quant import QuantLinear
-from lightx2v_nodes.quant.kernel_import import load_kernels
+from lightx2v_nodes.kernel_loader import load_kernels
 from lightx2v_nodes.quant.linear import QuantizedActivation
 from lightx2v_nodes.wan import norm_quant
 
@@ -124,7 +124,7 @@ INTERPRETER_CHECKS = textwrap.dedent("""
     sys.path.insert(0, ROOT + "/tests")
     from test_norm_quant import inputs
     from lightx2v_nodes.quant.dit import quantize_dit_
-    from lightx2v_nodes.quant.kernel_import import load_kernels
+    from lightx2v_nodes.kernel_loader import load_kernels
     kernels = load_kernels()
     from lightx2v_nodes.wan import compile as wan_compile, norm_quant, synthetic
     from lightx2v_nodes.wan.model import WanDiT

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from triton_interpreter import run_in_triton_interpreter
-from lightx2v_nodes.quant.kernel_import import load_kernels
+from lightx2v_nodes.kernel_loader import load_kernels
 from lightx2v_nodes.wan import norm_rope
 from lightx2v_nodes.wan.model import apply_rope, rope_tables
 
@@ -111,7 +111,7 @@ INTERPRETER_CHECKS = textwrap.dedent("""
     sys.path.insert(0, ROOT)
     sys.path.insert(0, ROOT + "/tests")
     from test_norm_rope import assert_close_16bit, inputs
-    from lightx2v_nodes.quant.kernel_import import load_kernels
+    from lightx2v_nodes.kernel_loader import load_kernels
     kernels = load_kernels()  # the module the engine calls (counted below)
     from lightx2v_nodes.wan import attention, compile as wan_compile, norm_rope, synthetic
     from lightx2v_nodes.wan.model import WanDiT
@@ -175,8 +175,7 @@ INTERPRETER_CHECKS = textwrap.dedent("""
     assert not phases.failed and rel(compiled, want) <= 1e-2
     wan_compile.CompiledPhases.remove(model)
 
-    attention._eight_bit_applies = lambda q, k: True
-    model.set_attention("lightx2v-int8")
+    model.set_attention(attention.eight_bit_backend(min_keys=1))  # the kernel at any length, on the CPU
     want8 = forward(False)
     got8 = forward(True)
     assert calls["int8"] == 2, calls  # from_projections: the int8 Q mode, once per block
@@ -226,7 +225,7 @@ def test_int8_self_attention_from_projections_on_gpu():
     pytest.importorskip("triton")
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("the 8-bit attention kernel needs fp8 tensor cores")
-    from lightx2v_nodes.wan.attention import attention_function
+    from lightx2v_nodes.wan.attention import choose_attention
 
     heads = 40
     x, weight_q, rotations = inputs(1, (21, 30, 52), heads, 128, torch.bfloat16, device="cuda")
@@ -237,9 +236,10 @@ def test_int8_self_attention_from_projections_on_gpu():
         norm = torch.nn.RMSNorm(heads * 128, eps=1e-6, dtype=torch.bfloat16, device="cuda")
         norm.weight.data.copy_(weight)
         norms.append(norm)
-    attend = attention_function("lightx2v-int8")
+    backend = choose_attention("lightx2v-int8", torch.device("cuda"), torch.bfloat16)
+    assert backend.name == "lightx2v-int8", backend.description
     with torch.no_grad():
-        want = attend(unfused(x, norms[0], rotations, heads), unfused(k_proj, norms[1], rotations, heads), v)
-        got = attend.from_projections(x, k_proj, v, norms[0], norms[1], rotations)
+        want = backend.call(unfused(x, norms[0], rotations, heads), unfused(k_proj, norms[1], rotations, heads), v)
+        got = backend.from_projections(x, k_proj, v, norms[0], norms[1], rotations)
     cosine = F.cosine_similarity(got.float().flatten(), want.float().flatten(), dim=0).item()
     assert cosine >= 0.9999, cosine

@@ -10,7 +10,7 @@ from lightx2v_nodes.offload import OffloadScheduler, OffloadSettings
 from lightx2v_nodes.offload.peak_memory import peak_bytes
 from lightx2v_nodes.offload.planner import CHUNK_TOKENS, GiB, ModelSizes, activation_bytes, plan_offload, video_tokens
 from lightx2v_nodes.wan import synthetic
-from lightx2v_nodes.wan.attention import attention_function
+from lightx2v_nodes.wan.attention import SDPA
 from lightx2v_nodes.wan.model import TORCH_OPS, WanBlock, WanDiT, rope_tables, token_slices
 
 LAYERS = 2
@@ -116,7 +116,9 @@ def block_peaks(device, dim=256, ffn=691, grid=(4, 32, 32), chunk=512, attend=No
     with torch.no_grad():
         for p in block.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, device=device) * 0.05)
-    block.self_attn.attend = block.cross_attn.attend = attend or attention_function("sdpa")
+    block.set_attention(SDPA)
+    if attend is not None:
+        block.self_attn.attend = block.cross_attn.attend = attend
     x = torch.randn(1, length, dim, generator=gen, device=device).bfloat16()
     e = torch.randn(1, 6, dim, generator=gen, device=device).bfloat16() * 0.1
     context = torch.randn(1, 16, dim, generator=gen, device=device).bfloat16()

@@ -82,17 +82,3 @@ def test_incomplete_block_directory(tmp_path):
     os.remove(os.path.join(path, "block_1.safetensors"))
     with pytest.raises(LightX2VError, match="incomplete.*block_1.safetensors"):
         load_wan_checkpoint(path)
-
-
-def test_missing_attention_package_is_named():
-    import importlib.util
-
-    from lightx2v_nodes.wan.attention import resolve_backend
-
-    assert resolve_backend("auto") == "sdpa"
-    with pytest.raises(LightX2VError, match="Unknown attention backend"):
-        resolve_backend("xformers-magic")
-    for backend, package in (("sage", "sageattention"), ("flash", "flash_attn")):
-        if importlib.util.find_spec(package) is None:
-            with pytest.raises(LightX2VError, match=f"needs the Python package '{package}'"):
-                resolve_backend(backend)

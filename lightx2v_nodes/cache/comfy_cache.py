@@ -20,7 +20,7 @@ from comfy_execution.utils import get_executing_context
 
 from ..errors import LightX2VError
 from ..wan.config import WanConfig
-from ..comfy_adapter import lightx2v_dit
+from ..comfy_common import lightx2v_dit
 from ..wan.model import FEATURE_CACHE_KEY
 from .settings import CacheSettings, calibration_record, check_model, load_calibration, save_calibration, start_run, too_few_steps_message
 

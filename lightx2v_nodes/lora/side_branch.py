@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..quant.kernel_import import load_kernels
+from ..kernel_loader import load_kernels
 from .mapping import LowRankPatch
 
 # Wan layers (original names) that the model calls with the very same input tensor, by parent module:

@@ -40,14 +40,15 @@ import comfy.patcher_extension
 import comfy.utils
 import folder_paths
 
-from ..comfy_adapter import lightx2v_dit
+from ..comfy_common import lightx2v_dit
 from ..errors import LightX2VError
 from ..wan.checkpoint import NON_BLOCK_NAME, is_block_directory, read_safetensors
 from ..wan.keys import to_original_layout
 from ..wan.model import WanDiT
 from .planner import CHUNK_TOKENS, GiB, MODES, ModelSizes, Plan, latent_tokens, plan_offload
 from .scheduler import OffloadScheduler, OffloadSettings
-from .units import is_placeholder, non_block_refs, placeholder, tensor_bytes
+from ..placeholders import is_placeholder, placeholder
+from .units import non_block_refs, tensor_bytes
 
 log = logging.getLogger("lightx2v_nodes")
 

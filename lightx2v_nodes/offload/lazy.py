@@ -8,9 +8,7 @@ into their final place: no intermediate copies.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,52 +16,15 @@ import numpy as np
 import torch
 
 from ..errors import LightX2VError
+from ..placeholders import FILE_DTYPES, read_header
 from ..wan.checkpoint import file_in_folder
 from .pinning import host_buffer
 
-FILE_DTYPES = {
-    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I8": torch.int8, "U8": torch.uint8,
-    "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool,
-}
-KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 _EIGHT_BIT = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def block_file(directory: str, block: int) -> str:
     return file_in_folder(directory, f"block_{block}.safetensors")
-
-
-def read_header(path: str) -> tuple[dict, int]:
-    """(tensor entries {key: {dtype, shape, data_offsets}}, byte offset of the data section)."""
-    try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-    except (OSError, ValueError, struct.error) as exc:
-        raise LightX2VError(f"Could not read the header of '{path}': {exc}. The per-block folder is damaged; "
-                            "write it again (LightX2V converter --save_by_block).") from None
-    header.pop("__metadata__", None)
-    return {_strip(k): v for k, v in header.items()}, 8 + length
-
-
-def header_placeholders(path: str) -> dict[str, torch.Tensor]:
-    """A block file's tensors as one-element host placeholders of their shapes and dtypes: the loader builds the
-    model around them and leaves the bytes on disk for this reader."""
-    from .units import placeholder
-
-    entries, _ = read_header(path)
-    try:
-        return {key: placeholder(tuple(e["shape"]), FILE_DTYPES[e["dtype"]]) for key, e in entries.items()}
-    except KeyError as exc:
-        raise LightX2VError(f"'{path}' holds a tensor of unsupported dtype {exc}.") from None
-
-
-def _strip(key: str) -> str:
-    for prefix in KEY_PREFIXES:
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
 
 
 def check_directory(directory: str, num_blocks: int, expected: dict[int, dict[str, tuple[tuple, torch.dtype]]]) -> None:

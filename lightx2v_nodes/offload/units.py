@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import LightX2VError
+from ..placeholders import placeholder
 
 GRANULARITIES = ("block", "phase")
 # Phase p of a Wan block (REFERENCE.md section 5): the block's own parameters (modulation) and these children.
@@ -38,15 +39,6 @@ class TensorRef:
             self.module._parameters[self.name].data = tensor
         else:
             self.module._buffers[self.name] = tensor
-
-
-def placeholder(shape, dtype) -> torch.Tensor:
-    """A host tensor of the right shape and dtype that holds one element: what a lazily loaded weight is at rest."""
-    return torch.zeros((), dtype=dtype).expand(shape)
-
-
-def is_placeholder(tensor: torch.Tensor) -> bool:
-    return tensor.numel() > 1 and tensor.untyped_storage().nbytes() <= tensor.element_size()
 
 
 def release_meta(refs: list[TensorRef]) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import LightX2VError
 from .formats import FORMATS
-from .kernel_import import load_kernels
+from ..kernel_loader import load_kernels
 
 log = logging.getLogger("lightx2v_nodes")
 BACKEND_NAMES = ("scaled_mm", "int_mm", "triton", "reference", "weight_only")
@@ -268,19 +268,15 @@ def takes_quantized_input(fmt: str, mode: str, device: torch.device, m: int, k: 
     return mode == "w8a8" and _choice_for_trace(fmt, mode, str(device), m, k, n) != "weight_only"
 
 
-# Compiled linears on CUDA: our quantization kernel as an opaque op (False), or the reference's torch ops for inductor
-# to fuse into the kernel that produced x (True; GELU + quantization stays ours either way). H200, compiled fp8 step:
-# 14B 1.973 vs 1.978 s, 1.3B 0.393 vs 0.397 s (bench/NOTES.md, stop 16; dit_forward.py --quant-ab).
-INDUCTOR_QUANTIZATION = False
-
-
-def compiled_linear(fmt, mode, x, weight, scale, bias, gelu=False):
+def compiled_linear(fmt, mode, x, weight, scale, bias, gelu=False, inductor_quantization=False):
     """What `dispatch` computes, written to be traced by torch.compile (same backend choice). The activation
-    quantization (with GELU where gelu=True) and the GEMM are opaque calls of our kernels on CUDA."""
+    quantization (with GELU where gelu=True) and the GEMM are opaque calls of our kernels on CUDA.
+    inductor_quantization=True: the reference's torch ops for the quantization (without GELU), for inductor to fuse
+    into the kernel that produced x; about equal to ours in a compiled fp8 step (bench/dit_forward.py --quant-ab)."""
     name = _choice_for_trace(fmt, mode, str(x.device), x.shape[0], x.shape[1], weight.shape[0])
     if name == "weight_only":
         return weight_only(x, weight, scale, bias, gelu)
-    if name != "reference" and _triton_runs(x) and (gelu or not INDUCTOR_QUANTIZATION):
+    if name != "reference" and _triton_runs(x) and (gelu or not inductor_quantization):
         xq, sx = _triton_quantize(x, weight.dtype, gelu)
     else:
         xq, sx = _reference_quantizer(gelu)(x, weight.dtype)

@@ -36,8 +36,8 @@ class QuantLinear(nn.Module):
     comfy_cast_weights = False
     weight_function: list = []
     bias_function: list = []
-    # model.feed_forward calls forward_gelu on an FFN's second linear when this is set (False: plain GELU + forward).
-    gelu_fusion = True
+    # Under torch.compile: inductor's own per-token quantization instead of our kernel (CompileSettings sets it).
+    inductor_quantization = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "fp8", mode: str = "w8a8",
                  device=None, bias_dtype=torch.bfloat16):
@@ -106,8 +106,10 @@ class QuantLinear(nn.Module):
         x2d = x.reshape(-1, self.in_features)
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
-        run = compiled_linear if _is_compiling() else dispatch  # compiled: same backend, kernels as opaque custom ops
-        y = run(self.fmt, self.mode, x2d, weight, scale, bias, gelu)
+        if _is_compiling():  # the same backend, our kernels as opaque custom ops
+            y = compiled_linear(self.fmt, self.mode, x2d, weight, scale, bias, gelu, self.inductor_quantization)
+        else:
+            y = dispatch(self.fmt, self.mode, x2d, weight, scale, bias, gelu)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _prequantized_linear(self, x: QuantizedActivation) -> torch.Tensor:

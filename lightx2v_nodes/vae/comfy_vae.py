@@ -13,7 +13,7 @@ import comfy.model_patcher
 import comfy.sd
 import folder_paths
 
-from ..comfy_adapter import ProgressReporter
+from ..comfy_common import ProgressReporter
 from ..errors import LightX2VError
 from .checkpoint import load_taehv
 from .taehv import DECODE_MODES, TAEHV, TIME_SCALE, working_memory_bytes

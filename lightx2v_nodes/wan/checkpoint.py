@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from ..errors import LightX2VError
 from ..pickle_weights import load_weights_pickle
+from ..placeholders import header_placeholders
 from .config import detect_config
 from .keys import check_is_wan, to_original_layout
 
@@ -101,8 +102,6 @@ def read_state_dict(path: str, progress=None, blocks_on_disk: bool = False) -> d
             raise LightX2VError(
                 f"'{path}' is a folder but not a LightX2V per-block checkpoint (no {NON_BLOCK_NAME} or {INDEX_NAME})."
             )
-        from ..offload.lazy import header_placeholders  # the reader that later fills these placeholders
-
         files = block_directory_files(path)
         state_dict = {}
         for i, file in enumerate(files):

@@ -11,7 +11,7 @@ import logging
 
 import comfy.patcher_extension
 
-from ..comfy_adapter import lightx2v_dit
+from ..comfy_common import lightx2v_dit
 from .compile import CompiledPhases, CompileSettings, unavailable_reason
 
 log = logging.getLogger("lightx2v_nodes")

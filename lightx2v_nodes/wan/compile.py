@@ -17,6 +17,7 @@ import shutil
 
 import torch
 
+from ..quant.linear import QuantLinear
 from .model import WanBlock
 
 log = logging.getLogger("lightx2v_nodes")
@@ -30,6 +31,8 @@ MODES = ("default", "max-autotune-no-cudagraphs")
 class CompileSettings:
     backend: str = "inductor"
     mode: str = "default"
+    # 8-bit linears: inductor's own activation quantization instead of our kernel (bench/dit_forward.py --quant-ab).
+    inductor_quantization: bool = False
 
 
 def unavailable_reason(device_type: str, backend: str = "inductor") -> str | None:
@@ -90,12 +93,20 @@ class CompiledPhases:
         for block in model.blocks:
             for name in PHASES:
                 block.__dict__[name] = _CompiledPhase(self, name, block)
+            for layer in _quant_linears(block):
+                layer.inductor_quantization = self.settings.inductor_quantization
 
     @staticmethod
     def remove(model: torch.nn.Module) -> None:
         for block in model.blocks:
             for name in PHASES:
                 block.__dict__.pop(name, None)
+            for layer in _quant_linears(block):
+                layer.__dict__.pop("inductor_quantization", None)
+
+
+def _quant_linears(block: WanBlock):
+    return [m for m in block.modules() if isinstance(m, QuantLinear)]
 
 
 def compile_blocks(model: torch.nn.Module, settings: CompileSettings = CompileSettings()) -> CompiledPhases | None:

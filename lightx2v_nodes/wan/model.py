@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..errors import LightX2VError
 from . import norm_quant, norm_rope
-from .attention import attention_function, resolve_backend
+from .attention import SDPA, AttentionBackend
 from .config import CLIP_DIM, PATCH_SIZE
 
 # transformer_options key of a per-run feature cache: called as cache(x, e, e0, transformer_options, compute).
@@ -80,7 +80,11 @@ class SelfAttention(nn.Module):
         self.o = ops.Linear(dim, dim, **kw)
         self.norm_q = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **kw)
         self.norm_k = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **kw)
-        self.attend = None  # set by WanDiT.set_attention
+        self.set_attention(SDPA)
+
+    def set_attention(self, backend: AttentionBackend) -> None:
+        self.attend = backend.call
+        self.attend_from_projections = backend.from_projections
 
     def heads(self, x):
         return x.unflatten(-1, (self.num_heads, -1))
@@ -95,10 +99,10 @@ class SelfAttention(nn.Module):
         """x: the normed input [B, L, dim], or a QuantizedActivation of it (wan/norm_quant.py)."""
         q = self.q(x)
         # A backend may take the un-normed projections and fuse the norms and RoPE into its own input pass.
-        from_projections = getattr(self.attend, "from_projections", None)
-        if (from_projections is not None and norm_rope.applies(q, self.norm_q, self.num_heads)
+        if (self.attend_from_projections is not None and norm_rope.applies(q, self.norm_q, self.num_heads)
                 and norm_rope.applies(q, self.norm_k, self.num_heads)):
-            return self.o(from_projections(q, self.k(x), self.heads(self.v(x)), self.norm_q, self.norm_k, rope))
+            return self.o(self.attend_from_projections(q, self.k(x), self.heads(self.v(x)), self.norm_q, self.norm_k,
+                                                       rope))
         q = self.normed_roped(q, self.norm_q, rope)
         k = self.normed_roped(self.k(x), self.norm_k, rope)
         return self.o(self.attend(q, k, self.heads(self.v(x))))
@@ -154,12 +158,13 @@ def chunked_tokens(fn, length: int, chunk: int) -> list[torch.Tensor]:
     return outs
 
 
-def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """ffn(x) for Linear -> GELU(tanh) -> Linear. An 8-bit second linear (QuantLinear) takes the GELU into its
-    activation quantization instead: the [tokens, ffn_dim] GELU output is then never written. Layers with hooks
-    (e.g. a LoRA side branch) keep the plain call, so their hooks run."""
+def feed_forward(ffn: nn.Sequential, x: torch.Tensor, fuse_gelu: bool = True) -> torch.Tensor:
+    """ffn(x) for Linear -> GELU(tanh) -> Linear. An 8-bit second linear (QuantLinear, which has forward_gelu) takes
+    the GELU into its activation quantization instead: the [tokens, ffn_dim] GELU output is then never written.
+    Layers with hooks (e.g. a LoRA side branch) keep the plain call, so their hooks run; so does fuse_gelu=False."""
     second = ffn[2]
-    if not getattr(second, "gelu_fusion", False) or any(norm_quant.has_hooks(m) for m in (ffn, ffn[1], second)):
+    if (not (fuse_gelu and hasattr(second, "forward_gelu"))
+            or any(norm_quant.has_hooks(m) for m in (ffn, ffn[1], second))):
         return ffn(x)
     return second.forward_gelu(ffn[0](x))
 
@@ -176,6 +181,10 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(ops.Linear(dim, ffn_dim, **kw), nn.GELU(approximate="tanh"), ops.Linear(ffn_dim, dim, **kw))
         self.modulation = nn.Parameter(torch.empty(1, 6, dim, **kw))
 
+    def set_attention(self, backend: AttentionBackend) -> None:
+        self.self_attn.set_attention(backend)
+        self.cross_attn.set_attention(backend)
+
     def modulation_terms(self, e0, x):
         """shift/scale/gate for both modulated sub-layers: 6 tensors [B, 1, dim]."""
         return (self.modulation.to(device=x.device, dtype=x.dtype) + e0).chunk(6, dim=1)
@@ -185,13 +194,14 @@ class WanBlock(nn.Module):
 
     def self_attention_input(self, x, mod):
         attn = self.self_attn
-        return norm_quant.modulated(self.norm1, x, mod[0], mod[1], (attn.q, attn.k, attn.v))
+        return norm_quant.modulated(self.norm1, x, mod[0], mod[1], (attn.q, attn.k, attn.v), fuse=self.fuse_norm_quant)
 
     def cross_attention_input(self, x):
-        return norm_quant.normed(self.norm3, x, (self.cross_attn.q,))
+        return norm_quant.normed(self.norm3, x, (self.cross_attn.q,), fuse=self.fuse_norm_quant)
 
     def ffn_input(self, x, mod):
-        return norm_quant.modulated(self.norm2, x, mod[3], mod[4], (self.ffn[0],), containers=(self.ffn,))
+        return norm_quant.modulated(self.norm2, x, mod[3], mod[4], (self.ffn[0],), containers=(self.ffn,),
+                                    fuse=self.fuse_norm_quant)
 
     def self_attention_phase(self, x, mod, rope):
         y = self.self_attn(self.self_attention_input(x, mod), rope)
@@ -201,7 +211,7 @@ class WanBlock(nn.Module):
         return x + self.cross_attn(self.cross_attention_input(x), context, context_img_len)
 
     def ffn_phase(self, x, mod):
-        y = feed_forward(self.ffn, self.ffn_input(x, mod))
+        y = feed_forward(self.ffn, self.ffn_input(x, mod), self.fuse_gelu_quant)
         return torch.addcmul(x, y, mod[5])
 
     # Token-chunked variants of the phases (used when `token_chunk` is set). Every op they chunk is per token
@@ -235,7 +245,8 @@ class WanBlock(nn.Module):
 
     def ffn_phase_chunked(self, x, mod):
         def ffn(s):  # ffn_phase's ops on one chunk (not a call of it: torch.compile may have replaced that one)
-            return (torch.addcmul(x[:, s], feed_forward(self.ffn, self.ffn_input(x[:, s], mod)), mod[5]),)
+            return (torch.addcmul(x[:, s], feed_forward(self.ffn, self.ffn_input(x[:, s], mod), self.fuse_gelu_quant),
+                                  mod[5]),)
 
         return chunked_tokens(ffn, x.shape[1], self.token_chunk)[0]
 
@@ -246,6 +257,9 @@ class WanBlock(nn.Module):
     # whose activations only fit a VRAM budget chunked; left None, the phases (and torch.compile's graphs of
     # them, wan/compile.py) are untouched.
     token_chunk = None
+    # The fused kernels, on in the product; WanDiT.set_fusions turns them off for benchmark A/B runs.
+    fuse_norm_quant = True
+    fuse_gelu_quant = True
 
     def forward(self, x, e, freqs, context, context_img_len=None, transformer_options=None):
         # Keyword names match ComfyUI's WanAttentionBlock, so `patches_replace["dit"]` patches can call us.
@@ -296,7 +310,7 @@ class ImageProjection(nn.Module):
 class WanDiT(nn.Module):
     def __init__(self, model_type="t2v", patch_size=PATCH_SIZE, in_dim=16, dim=1536, ffn_dim=8960, freq_dim=256,
                  text_dim=4096, out_dim=16, num_heads=12, num_layers=30, eps=1e-6, flf_pos_embed_token_number=None,
-                 attention_backend="auto", device=None, dtype=None, operations=None, **_ignored_comfy_config):
+                 device=None, dtype=None, operations=None):
         super().__init__()
         if tuple(patch_size) != PATCH_SIZE:
             raise LightX2VError(f"Unsupported patch size {patch_size}: Wan2.1 uses {PATCH_SIZE}.")
@@ -316,14 +330,19 @@ class WanDiT(nn.Module):
         )
         self.head = Head(dim, out_dim * math.prod(PATCH_SIZE), eps, ops, device, dtype)
         self.img_emb = ImageProjection(dim, flf_pos_embed_token_number, ops, device, dtype) if image_input else None
-        self.set_attention(attention_backend)
+        self.attention = SDPA
 
-    def set_attention(self, backend: str) -> None:
-        self.attention_backend = resolve_backend(backend)
-        attend = attention_function(self.attention_backend)
+    def set_attention(self, backend: AttentionBackend) -> None:
+        """Run every attention call through `backend` (wan.attention.choose_attention decides which; SDPA until then)."""
+        self.attention = backend
         for block in self.blocks:
-            block.self_attn.attend = attend
-            block.cross_attn.attend = attend
+            block.set_attention(backend)
+
+    def set_fusions(self, norm_quant: bool = True, gelu_quant: bool = True) -> None:
+        """norm_quant: each LayerNorm (+ modulation) and the 8-bit linears' input quantization in one kernel
+        (wan/norm_quant.py); gelu_quant: the FFN's GELU in its second 8-bit linear's quantization (feed_forward)."""
+        for block in self.blocks:
+            block.fuse_norm_quant, block.fuse_gelu_quant = norm_quant, gelu_quant
 
     # A per-block folder whose block weights the loader left on disk (placeholders here): only an offload
     # scheduler reading that folder can run the blocks.

@@ -19,12 +19,10 @@ import torch
 import torch.nn as nn
 
 from ..quant.backends import takes_quantized_input
-from ..quant.kernel_import import load_kernels
+from ..kernel_loader import load_kernels
 from ..quant.linear import QuantizedActivation, QuantLinear
 
 _kernels = load_kernels()
-# False: the module ops, then each linear's own quantization (the A/B of bench/dit_forward.py --norm-quant-ab).
-FUSED = True
 
 
 def _runs_here(x: torch.Tensor) -> bool:
@@ -48,7 +46,7 @@ def _plain_norm(norm: nn.Module, x: torch.Tensor) -> bool:
 
 def applies(norm: nn.Module, x: torch.Tensor, linears, containers=()) -> bool:
     """True where the fused kernel can replace norm(x) (and the modulation) as the input of every layer in `linears`."""
-    if not (FUSED and _runs_here(x) and x.dim() == 3 and _plain_norm(norm, x)):
+    if not (_runs_here(x) and x.dim() == 3 and _plain_norm(norm, x)):
         return False
     if not all(isinstance(layer, QuantLinear) for layer in linears) or len({layer.weight.dtype for layer in linears}) != 1:
         return False
@@ -82,15 +80,17 @@ def _quantized(norm, x, linears, shift=None, scale=None) -> QuantizedActivation:
     return QuantizedActivation(values, scales, x.shape, x.dtype)
 
 
-def modulated(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, linears, containers=()):
-    """addcmul(shift, norm(x), 1 + scale) as the input of `linears` (x [B, L, D], shift/scale [B, 1, D])."""
-    if shift.dtype == scale.dtype == x.dtype and applies(norm, x, linears, containers):
+def modulated(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, linears, containers=(),
+              fuse: bool = True):
+    """addcmul(shift, norm(x), 1 + scale) as the input of `linears` (x [B, L, D], shift/scale [B, 1, D]).
+    fuse=False: always the module ops, then each linear's own quantization (bench/dit_forward.py --norm-quant-ab)."""
+    if fuse and shift.dtype == scale.dtype == x.dtype and applies(norm, x, linears, containers):
         return _quantized(norm, x, linears, shift, scale)
     return torch.addcmul(shift, norm(x), 1 + scale)
 
 
-def normed(norm: nn.Module, x: torch.Tensor, linears, containers=()):
-    """norm(x) as the input of `linears` (x [B, L, D])."""
-    if applies(norm, x, linears, containers):
+def normed(norm: nn.Module, x: torch.Tensor, linears, containers=(), fuse: bool = True):
+    """norm(x) as the input of `linears` (x [B, L, D]); fuse as in `modulated`."""
+    if fuse and applies(norm, x, linears, containers):
         return _quantized(norm, x, linears)
     return norm(x)

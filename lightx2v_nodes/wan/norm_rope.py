@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.kernel_import import load_kernels
+from ..kernel_loader import load_kernels
 
 _kernels = load_kernels()
 

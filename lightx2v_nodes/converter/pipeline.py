@@ -24,7 +24,7 @@ from ..lora.mapping import plan_lora
 from ..lora.merge import merge_patch
 from ..wan.checkpoint import INDEX_NAME, NON_BLOCK_NAME, is_block_directory
 from ..wan.config import detect_config
-from .formats import COMFY_MARKER, COMFY_SCALE_SUFFIX, FORMATS, SCALE_SUFFIX, is_block_linear, quantize_weight
+from ..quant.formats import COMFY_MARKER, COMFY_SCALE_SUFFIX, FORMATS, SCALE_SUFFIX, is_block_linear, quantize_weight
 from .source import CheckpointSource
 
 log = logging.getLogger("lightx2v_nodes")

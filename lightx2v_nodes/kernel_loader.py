@@ -16,14 +16,14 @@ _PRIVATE_NAME = "lightx2v_nodes_kernels"
 
 def load_kernels():
     try:
-        from ... import kernels  # the pack imported as a package (ComfyUI custom node)
+        from .. import kernels  # the pack imported as a package (ComfyUI custom node)
 
         return kernels
     except ImportError:
         pass
     if _PRIVATE_NAME in sys.modules:
         return sys.modules[_PRIVATE_NAME]
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernels")
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
     spec = importlib.util.spec_from_file_location(_PRIVATE_NAME, os.path.join(folder, "__init__.py"),
                                                   submodule_search_locations=[folder])
     module = importlib.util.module_from_spec(spec)

@@ -1,0 +1,139 @@
+"""The attention decision (wan.attention.choose_attention): made once from the user's choice, the device's capability,
+the compute dtype and the installed packages; the model runs what it decided and the loader's log says what runs.
+
+A CUDA device is stood in for by its capability (torch.cuda.get_device_capability patched), so the GPU rules are
+checked on any machine; no kernel runs in those checks.
+"""
+
+import logging
+
+import pytest
+import torch
+
+from lightx2v_nodes.errors import LightX2VError
+from lightx2v_nodes.wan import attention, synthetic
+from lightx2v_nodes.wan.attention import BACKENDS, choose_attention
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """choose_attention's view of a CUDA GPU of a given compute capability, with Triton installed."""
+
+    def make(capability):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"a GPU of capability {capability}")
+        real = attention._installed
+        monkeypatch.setattr(attention, "_installed", lambda package: package == "triton" or real(package))
+        return torch.device("cuda")
+
+    return make
+
+
+def test_auto_with_fp32_compute_is_exact_attention(gpu):
+    device = gpu((9, 0))
+    backend = choose_attention("auto", device, torch.float32)
+    assert backend.name == "sdpa" and backend.from_projections is None
+    assert "fp32" in backend.description
+
+
+@pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0), (12, 0)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_auto_picks_the_8bit_kernel_where_it_can_run(gpu, capability, dtype):
+    backend = choose_attention("auto", gpu(capability), dtype)
+    assert backend.name == "lightx2v-int8" and backend.from_projections is not None
+    assert backend.description.startswith("lightx2v-int8 (auto")
+
+
+@pytest.mark.parametrize("requested", ["auto", "lightx2v-int8"])
+def test_no_fp8_tensor_cores_runs_sdpa_and_says_why(gpu, requested):
+    backend = choose_attention(requested, gpu((8, 6)), torch.bfloat16)
+    assert backend.name == "sdpa" and backend.from_projections is None
+    assert "fp8 tensor cores" in backend.description and "8.6" in backend.description
+
+
+def test_requested_8bit_on_the_cpu_reports_sdpa():
+    pytest.importorskip("triton")  # without Triton the request is an error (below)
+    backend = choose_attention("lightx2v-int8", torch.device("cpu"), torch.bfloat16)
+    assert backend.name == "sdpa"
+    assert backend.description.startswith("sdpa instead of the requested lightx2v-int8")
+    q, k, v = (torch.randn(1, 40, 2, 64) for _ in range(3))
+    assert torch.equal(backend.call(q, k, v), attention.SDPA.call(q, k, v))
+
+
+def test_requested_8bit_with_fp32_compute_reports_sdpa(gpu):
+    backend = choose_attention("lightx2v-int8", gpu((9, 0)), torch.float32)
+    assert backend.name == "sdpa" and "float32" in backend.description
+
+
+def test_auto_on_the_cpu_is_sdpa():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert choose_attention("auto", torch.device("cpu"), dtype).name == "sdpa"
+
+
+def test_8bit_backend_routes_short_key_sequences_and_other_head_dims_to_sdpa():
+    """The only per-call routing: by shape. These calls never reach the kernel, so they run on the CPU."""
+    backend = attention.eight_bit_backend()
+    for keys, head_dim in ((40, 64), (attention.MIN_KEYS_8BIT - 1, 128), (attention.MIN_KEYS_8BIT, 96)):
+        q = torch.randn(1, 8, 2, head_dim)
+        k, v = torch.randn(1, keys, 2, head_dim), torch.randn(1, keys, 2, head_dim)
+        assert torch.equal(backend.call(q, k, v), attention.SDPA.call(q, k, v)), (keys, head_dim)
+
+
+def test_bad_choices_are_named():
+    with pytest.raises(LightX2VError, match="Unknown attention backend 'xformers-magic'"):
+        choose_attention("xformers-magic", torch.device("cpu"), torch.float32)
+    for backend, package in (("sage", "sageattention"), ("flash", "flash_attn")):
+        if not attention._installed(package):
+            with pytest.raises(LightX2VError, match=f"needs the Python package '{package}'"):
+                choose_attention(backend, torch.device("cpu"), torch.bfloat16)
+
+
+def test_every_choice_the_loader_offers_resolves_on_the_cpu():
+    for name in BACKENDS:
+        if name in ("sage", "flash") and not attention._installed({"sage": "sageattention", "flash": "flash_attn"}[name]):
+            continue
+        if name == "lightx2v-int8" and not attention._installed("triton"):
+            continue
+        assert choose_attention(name, torch.device("cpu"), torch.float32).name == "sdpa", name
+
+
+@pytest.fixture(scope="module")
+def tiny_file(models_dir):
+    cfg = synthetic.tiny_config("t2v")
+    name = "test_attention_choice_t2v.safetensors"
+    synthetic.write_checkpoint(synthetic.random_state_dict(cfg, seed=3), str(models_dir / "diffusion_models" / name),
+                               "comfy", "fp32")
+    return name
+
+
+def loaded(comfy_nodes, caplog, name, dtype, attention_choice):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lightx2v_nodes"):
+        model = comfy_nodes["LightX2VLoadWanDiT"]().execute(model_name=name, dtype=dtype, attention=attention_choice)[0]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LightX2V: loaded")]
+    assert len(lines) == 1, lines  # logged once
+    return model.model.diffusion_model, lines[0]
+
+
+def test_loader_log_names_the_backend_that_runs(comfy_nodes, caplog, tiny_file):
+    pytest.importorskip("triton")
+    import comfy.model_management
+
+    device = comfy.model_management.get_torch_device()
+    dit, line = loaded(comfy_nodes, caplog, tiny_file, "bf16", "lightx2v-int8")
+    want = choose_attention("lightx2v-int8", device, torch.bfloat16)
+    assert dit.attention.name == want.name and f"attention {want.description}," in line
+    if device.type == "cpu":
+        assert "attention sdpa instead of the requested lightx2v-int8" in line
+    assert all(block.self_attn.attend is dit.attention.call for block in dit.blocks)
+
+    dit, line = loaded(comfy_nodes, caplog, tiny_file, "fp32", "auto")
+    assert dit.attention.name == "sdpa" and "attention sdpa (auto: exact attention for fp32 compute)," in line
+
+
+def test_loader_refuses_an_unknown_backend_before_reading_the_file(comfy_nodes):
+    # The pack as ComfyUI loaded it (custom_nodes/...) has its own copy of the error class: matched by name.
+    with pytest.raises(Exception, match="Unknown attention backend") as raised:
+        comfy_nodes["LightX2VLoadWanDiT"]().execute(model_name="no_such_file.safetensors", dtype="auto",
+                                                    attention="xformers-magic")
+    assert type(raised.value).__name__ == "LightX2VError"
