@@ -17,13 +17,14 @@ import torch
 
 from ..errors import LightX2VError
 from ..placeholders import FILE_DTYPES, read_header
+from ..wan.checkpoint import file_in_folder
 from .pinning import host_buffer
 
 _EIGHT_BIT = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def block_file(directory: str, block: int) -> str:
-    return os.path.join(directory, f"block_{block}.safetensors")
+    return file_in_folder(directory, f"block_{block}.safetensors")
 
 
 def check_directory(directory: str, num_blocks: int, expected: dict[int, dict[str, tuple[tuple, torch.dtype]]]) -> None:

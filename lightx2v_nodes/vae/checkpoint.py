@@ -13,6 +13,7 @@ import os
 import torch
 
 from ..errors import LightX2VError
+from ..pickle_weights import load_weights_pickle
 from .taehv import PATCH_SIZES, TAEHV, TaehvSpec
 
 log = logging.getLogger("lightx2v_nodes")
@@ -33,17 +34,16 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
             sd = load_file(path, device="cpu")
         elif path.endswith(TORCH_EXTENSIONS):
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_weights_pickle(path)
             if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
                 sd = sd["state_dict"]
         else:
             raise LightX2VError(f"'{name}': tiny VAE files must be .safetensors or .pth/.pt.")
     except LightX2VError:
         raise
-    except Exception as exc:  # a corrupt file, or a pickle that needs code to load
-        raise LightX2VError(f"Could not read '{name}' as weights ({type(exc).__name__}: {str(exc)[:200]}). "
-                            f"Re-download the file; only plain tensor files (.safetensors, or .pth loadable "
-                            f"with weights_only) are accepted.") from None
+    except Exception as exc:  # a damaged or truncated file
+        raise LightX2VError(f"Could not read '{name}' as weights ({type(exc).__name__}: {str(exc)[:200]}): the file "
+                            "is damaged or incomplete, e.g. an interrupted download. Download it again.") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise LightX2VError(f"'{name}' does not hold a flat dict of tensors, so it is not a TAEHV weight file.")
     return sd

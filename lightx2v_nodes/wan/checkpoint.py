@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 
 import torch
 from safetensors.torch import load_file
 
 from ..errors import LightX2VError
+from ..pickle_weights import load_weights_pickle
 from ..placeholders import header_placeholders
 from .config import detect_config
 from .keys import check_is_wan, to_original_layout
@@ -42,13 +42,9 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
 
 def read_pickle(path: str) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise LightX2VError(
-            f"Refused to load '{os.path.basename(path)}': it contains Python objects besides tensors, and "
-            "loading those could run code from the file. Use a .safetensors version of this model. "
-            f"Details: {str(exc).splitlines()[0]}"
-        ) from None
+        obj = load_weights_pickle(path)
+    except LightX2VError:
+        raise
     except Exception as exc:
         raise LightX2VError(f"Could not read '{os.path.basename(path)}': {exc}. Download it again.") from None
     # Training checkpoints nest the weights one level down.
@@ -60,6 +56,17 @@ def read_pickle(path: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+def file_in_folder(folder: str, name: str) -> str:
+    """`folder/name`, refused when it resolves outside the folder (an absolute path, `..`, a symlink out)."""
+    root = os.path.realpath(folder)
+    resolved = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, resolved]) != root or resolved == root:
+        raise LightX2VError(f"The per-block checkpoint folder '{folder}' names '{name}', which is outside the folder; "
+                            "only files inside it are read. Write the folder again (LightX2V Convert Wan DiT, "
+                            "save_by_block) or remove that entry from its index.")
+    return resolved
+
+
 def block_directory_files(path: str) -> list[str]:
     """The weight files of a per-block directory, from its index JSON when present."""
     index = os.path.join(path, INDEX_NAME)
@@ -67,7 +74,7 @@ def block_directory_files(path: str) -> list[str]:
         with open(index, encoding="utf-8") as f:
             weight_map = json.load(f).get("weight_map", {})
         names = sorted(set(weight_map.values()))
-        missing = [n for n in names if not os.path.isfile(os.path.join(path, n))]
+        missing = [n for n in names if not os.path.isfile(file_in_folder(path, n))]
         if missing:
             raise LightX2VError(
                 f"The per-block checkpoint '{os.path.basename(path)}' is incomplete: its index lists "
@@ -75,7 +82,7 @@ def block_directory_files(path: str) -> list[str]:
             )
     else:
         names = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
-    return [os.path.join(path, n) for n in names]
+    return [file_in_folder(path, n) for n in names]
 
 
 def read_state_dict(path: str, progress=None, blocks_on_disk: bool = False) -> dict[str, torch.Tensor]:
