@@ -2,7 +2,8 @@
 # Sets everything up (idempotent) and starts ComfyUI with the pack on http://127.0.0.1:8188.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bash "$root/scripts/setup.sh"
+# Chromium is only for the browser tests (scripts/test.sh installs it).
+LIGHTX2V_SKIP_BROWSER=1 bash "$root/scripts/setup.sh"
 comfy_dir=${COMFYUI_DIR:-"$root/.comfyui"}
 cpu_flag=$("$root/.venv/bin/python" -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
 cd "$comfy_dir"
