@@ -83,7 +83,7 @@ def time_forward(model, inputs, warmup, runs, device):
 
 
 def profile_forward(model, inputs, label, out_dir):
-    """Top kernels of one forward by device time (where the time goes, for NOTES.md)."""
+    """Top kernels of one forward by device time (where the time goes, for bench/RESULTS.md)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])

@@ -1,4 +1,4 @@
-"""End to end through ComfyUI's node path (issue 9): 4 steps of Wan2.1 T2V 14B at 480x832x81 plus the tiny-VAE
+"""End to end through ComfyUI's node path: 4 steps of Wan2.1 T2V 14B at 480x832x81 plus the tiny-VAE
 decode, target <= 6.5 s on the H100. Text encoding is excluded (the conditioning is synthetic and cached).
 
 Random full-size weights are written with the project's generators into a throw-away models folder: the 14B

@@ -33,7 +33,7 @@ class LoadWanDiT(io.ComfyNode):
                                tooltip="Compute dtype. auto picks what ComfyUI would pick for this GPU and file."),
                 io.Combo.Input("attention", options=list(BACKENDS), default="auto",
                                tooltip="Attention kernel. lightx2v-int8 = our 8-bit Triton kernel (int8 Q.K, fp8 P.V; "
-                                       "1.4x cuDNN on an H100 at 480p, used for long self-attention, SDPA elsewhere). "
+                                       "1.4x cuDNN on an H200 at 480p, used for long self-attention, SDPA elsewhere). "
                                        "auto = exact PyTorch SDPA for fp32 compute, else lightx2v-int8 where it can "
                                        "run (CUDA GPU with fp8 tensor cores: RTX 40xx / H100 or newer; Triton), else "
                                        "SDPA. A choice that cannot run here runs SDPA; the log says what runs. sage "

@@ -1,4 +1,5 @@
-"""Per-variant TeaCache coefficients and MagCache ratios (REFERENCE.md §6), and picking the right entry.
+"""Per-variant TeaCache coefficients and MagCache ratios, and picking the right entry. The values are the
+published ones (LightX2V's configs/caching/teacache/*.json and configs/caching/magcache/*.json).
 
 Peer packs have picked the wrong model's coefficients silently; here the variant comes from the detected
 WanConfig (task + size), 480p vs 720p (which weights cannot tell apart) from the latent size, and a model

@@ -13,7 +13,7 @@ Activations, per token and in units of the compute dtype's bytes E (T = tokens x
   tokens, modulated x, q, k, float32 pairs and product = 2 each, rotated output) + ~0.5 of small ones.
   The estimate takes max(11 D, 3 D + 2.5 F) x E per token + 5%; slack: three float32 [T, D] tensors.
 - Token-chunked (chunk of C tokens x batch = Cb), ESTIMATED from the op sequence of the chunked phases
-  (wan/model.py), not yet measured on a GPU; the peak is the largest of
+  (wan/model.py); the peak is the largest of
     attention:  7.5 D T E (block input + embedded tokens + q, k, v + the backend's own 2.5: the 8-bit
                            kernel that `auto` picks on Hopper makes int8 q, k and fp8 v copies (0.5 each)
                            and its output; SDPA needs 1, or 2 when it returns [B, heads, L, d])
@@ -27,8 +27,8 @@ Activations, per token and in units of the compute dtype's bytes E (T = tokens x
   bf16 9.0 whole -> 4.5 chunked (self-attention 4.5 = q, k, v + output + the CPU SDPA kernel's scratch;
   FFN 6.4 -> 1.9); fp8 22.3 -> 9.5, of which 8.5 is the cross-attention's whole-sequence output
   projection in the CPU reference GEMM (float32 temporaries the GPU kernels do not make). Chunked outputs
-  bit-equal. The 14B numbers at 720p must be re-measured on the H100 (bench/offload_activations.py for
-  one block; bench/offload.py prints the estimate next to the measured peak of the whole run).
+  bit-equal. MEASURED on the H100 at 14B (bench/offload_activations.py, one block; bench/RESULTS.md): the
+  chunked estimate is within 5% of the measured peak at 32,760 and 75,600 tokens (slightly low at 32,760).
 Slack: under a capped caching allocator, freed activation blocks of mixed sizes split cached segments; in
 the whole-sequence runs up to ~1.3 GiB at 480p was reserved but unusable when a float32 [T, D] tensor was
 asked for, so three of those are kept free. Chunked, no float32 [T, D] tensor exists: every large request

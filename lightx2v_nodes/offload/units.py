@@ -18,7 +18,8 @@ from ..errors import LightX2VError
 from ..placeholders import placeholder
 
 GRANULARITIES = ("block", "phase")
-# Phase p of a Wan block (REFERENCE.md section 5): the block's own parameters (modulation) and these children.
+# Phase p of a Wan block, split as LightX2V's phase offload does: the block's own parameters (modulation) and
+# these children.
 PHASE_CHILDREN = (("norm1", "self_attn"), ("norm3", "cross_attn"), ("norm2", "ffn"))
 ALIGNMENT = 256  # bytes; every tensor of a packed unit starts at a multiple of this
 

@@ -241,7 +241,7 @@ if hasattr(torch.library, "custom_op"):
         return xq.new_empty((xq.shape[0], weight.shape[0]), dtype=out_dtype)
 
     # Inductor's own per-token quantization took 0.29 ms per call at 32,760 x 5,120 in a compiled 14B step on the H200,
-    # our kernel 0.14; with GELU, inductor's was ~3x over memory bandwidth (bench/NOTES.md).
+    # our kernel 0.14; with GELU, inductor's was ~3x over memory bandwidth (bench/RESULTS.md).
     _triton_quantize = torch.library.custom_op("lightx2v_nodes::quantize_per_token", mutates_args=())(_triton_quantize)
 
     @_triton_quantize.register_fake

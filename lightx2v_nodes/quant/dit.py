@@ -1,4 +1,5 @@
-"""Putting QuantLinear into a WanDiT: only the block linears (REFERENCE.md section 3), by module path.
+"""Putting QuantLinear into a WanDiT: only the block linears (the 2-D weights LightX2V's
+tools/convert/converter.py quantizes), by module path.
 
 The DiT builds every Linear from one `operations.Linear`, so an ops namespace cannot tell a block linear
 from the head; swapping the modules by name after construction is explicit and works the same for the

@@ -1,4 +1,5 @@
-"""Quantized weight formats of Wan DiT files, and the per-channel quantization math (REFERENCE.md section 3).
+"""Quantized weight formats of Wan DiT files, and the per-channel quantization math of LightX2V's
+tools/convert/converter.py (scale = row absmax / 127 or / 448).
 
 Internally a quantized block linear is always `<name>.weight` (int8 or float8_e4m3fn [out, in]) plus
 `<name>.weight_scale` (float32 [out, 1]), which is the LightX2V file format. ComfyUI's scaled-fp8 files

@@ -1,7 +1,7 @@
 """TAEHV, the tiny video autoencoder for Wan latents (taew2_1, lighttaew2_1: 16 channels; taew2_2: 48).
 
 The module only holds the weights, under the key names of the published files (`encoder.<i>.*`,
-`decoder.<i>.*`, REFERENCE.md section 7). Running it goes through fused streaming layers
+`decoder.<i>.*`, as in madebyollin/taehv's taehv.py). Running it goes through fused streaming layers
 (stream_ops.py) driven by a memory-budgeted runner (runner.py), so one code path serves all three
 decode modes:
 
