@@ -257,8 +257,7 @@ def test_budget_that_fits_only_token_chunked(tiny_files, reference, traced):
     run = sample({"m": loader(tiny_files[0]), "o": offload(["m", 0], mode="block")}, ["o", 0])
     patcher = run.output("o")
     sizes = ModelSizes.of(patcher.model.diffusion_model)
-    # 32x32x5 latent -> 2 x 2 x 2 tokens; cond + uncond. ComfyUI computes in float32 here, and MKL's float32
-    # GEMM takes another path below 8 rows (3 tokens x batch 2 differ in the last bit): chunks of 4 tokens.
+    # 32x32x5 latent -> 2 x 2 x 2 tokens; cond + uncond, chunks of 4 tokens.
     tokens, batch, chunk = 8, 2, 4
     weights = plan_offload(sizes, 1 << 40, tokens, batch, "block", resident_override=0).weights_bytes
     budget = weights + activation_bytes(sizes, tokens, batch, token_chunk=chunk)
@@ -272,4 +271,7 @@ def test_budget_that_fits_only_token_chunked(tiny_files, reference, traced):
     assert "token-chunked: 2 chunks of 4 tokens, needed to fit" in plan.describe()
     assert traced[-1].settings.token_chunk == chunk and traced[-1].installed
     assert all(block.token_chunk == chunk for block in patcher.model.diffusion_model.blocks)
-    assert torch.equal(out, reference)
+    # Chunking changes the row count of every GEMM, and BLAS libraries pick their blocking (and so the order of
+    # float32 sums) by row count: MKL on some 2-core machines differs in the last bits (rel 4.7e-7). Bound it at
+    # fp32 rounding level; the model-level chunking test (test_token_chunking.py) checks exact equality per op.
+    assert ((out - reference).norm() / reference.norm()).item() <= 1e-6
