@@ -1,4 +1,4 @@
-"""bench/end_to_end.py --tiny: the issue-9 end-to-end benchmark's whole path (random weights written, the prompt
+"""bench/end_to_end.py --tiny: the end-to-end benchmark's whole path (random weights written, the prompt
 run through ComfyUI's executor, cached re-runs timed per node) on the CPU, in its own process as on the GPU."""
 
 import json

@@ -1,4 +1,4 @@
-"""Quantized weight formats: the REFERENCE.md section 3 formulas, every file layout loading back to the same
+"""Quantized weight formats: the formulas of LightX2V's converter (per-output-channel absmax scales), every file layout loading back to the same
 tensors, bad files, QuantLinear's ComfyUI patch hooks, and the backend choice (incl. GPUs without fp8)."""
 
 import logging

@@ -1,4 +1,4 @@
-"""Schedule and changing-resolution math (no ComfyUI): REFERENCE.md section 2 values, LightX2V's own
+"""Schedule and changing-resolution math (no ComfyUI): the values LightX2V's WanStepDistillScheduler produces, LightX2V's own
 table construction, validation errors."""
 
 import numpy as np
@@ -10,7 +10,7 @@ from lightx2v_nodes.sampling.changing_resolution import (build_plan, parse_rates
                                                           resize_latent, stage_latent_size)
 from lightx2v_nodes.sampling.schedule import distill_sigmas, multistep_sigmas, parse_step_list, timesteps_fed
 
-# REFERENCE.md section 2: (list, shift, sigmas, timesteps fed)
+# LightX2V's distilled configs (denoising_step_list, sample_shift): (list, shift, sigmas, timesteps fed)
 REFERENCE_ROWS = [
     ("1000,750,500,250", 5.0, [1.0, 0.9375, 0.833333, 0.625], [1000, 937.5, 833.333, 625]),
     ("999,750,500,250", 5.0, [0.9998, 0.9375, 0.833333, 0.625], [999.8, 937.5, 833.333, 625]),
