@@ -123,7 +123,10 @@ class LazyBlockReader:
             else:  # a float file read into another float dtype (e.g. bf16 file, fp16 model)
                 raw = torch.empty(end - start, dtype=torch.uint8)
                 _read_fully(f, _as_bytes(raw), path)
-                dst.copy_(raw.view(file_dtype).view(dst.shape))
+                # The buffer may be an inference tensor (made while ComfyUI samples); this thread does not
+                # inherit inference mode, and only inside it may such a tensor be written in place.
+                with torch.inference_mode():
+                    dst.copy_(raw.view(file_dtype).view(dst.shape))
         with self.lock:
             self.bytes_read += end - start
         _count_read(self.directory, end - start)
