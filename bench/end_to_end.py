@@ -86,24 +86,30 @@ def row_name(attention: str, compiled: bool) -> str:
 
 # --- weights -------------------------------------------------------------------------------------------------
 
-def write_fp8_dit(cfg: WanConfig, folder: str, device: str) -> int:
-    """A LightX2V fp8 per-block folder of random weights, one block at a time (converter's file layout: 8-bit
-    block linears with float32 [out, 1] scales, everything else bf16). Returns the bytes written."""
+def file_groups(cfg: WanConfig) -> dict[str, set[str]]:
+    """The parameter names of each file of a per-block folder (block_<i>.safetensors, non_block.safetensors)."""
     groups: dict[str, set[str]] = {}
     for key in synthetic.parameter_shapes(cfg):
         name = f"block_{key.split('.')[1]}.safetensors" if key.startswith("blocks.") else NON_BLOCK_NAME
         groups.setdefault(name, set()).add(key)
+    return groups
+
+
+def write_fp8_dit(cfg: WanConfig, folder: str, device: str, first_seed: int = 0) -> int:
+    """A LightX2V fp8 per-block folder of random weights, one block at a time (converter's file layout: 8-bit
+    block linears with float32 [out, 1] scales, everything else bf16). Returns the bytes written."""
+    groups = file_groups(cfg)
     os.makedirs(folder, exist_ok=True)
     weight_map, written, start = {}, 0, time.perf_counter()
-    for seed, (name, keys) in enumerate(groups.items()):
+    for seed, (name, keys) in enumerate(groups.items(), start=first_seed):
         tensors = quantize_state_dict(synthetic.random_state_dict(cfg, seed, keys, device), "fp8")
         tensors = {k: (v if v.dtype in QUANTIZED_DTYPES or k.endswith(SCALE_SUFFIX) else v.to(torch.bfloat16)).cpu()
                    for k, v in tensors.items()}
         save_file(tensors, os.path.join(folder, name), metadata={"lightx2v_quant": "fp8"})
         weight_map.update(dict.fromkeys(tensors, name))
         written += sum(v.numel() * v.element_size() for v in tensors.values())
-        if seed % 10 == 9:
-            say(f"  {seed + 1}/{len(groups)} files, {written / 2**30:.1f} GiB, {time.perf_counter() - start:.1f} s")
+        if (seed - first_seed) % 10 == 9:
+            say(f"  {seed - first_seed + 1}/{len(groups)} files, {written / 2**30:.1f} GiB, {time.perf_counter() - start:.1f} s")
     with open(os.path.join(folder, INDEX_NAME), "w", encoding="utf-8") as f:
         json.dump({"metadata": {"total_size": written}, "weight_map": weight_map}, f)
     return written

@@ -61,24 +61,26 @@ def _text_to_video(name, title, dit, note, lora=None, sampler="4step", latent=(8
     return {"name": name, "nodes": nodes}
 
 
-def _decode_and_save(name, vae_source=None, tiny_vae_first=False):
+def _decode_and_save(name, vae_source=None, tiny_vae_first=False, vae_file=WAN_VAE, tiny_vae_file=TINY_VAE, fps=16.0):
     """The full Wan VAE decode and a tiny-VAE decode; the second choice is muted (Ctrl+M toggles)."""
     muted = {"mode": 2} if tiny_vae_first else {}
-    vae_nodes = [] if vae_source else [("vae", "VAELoader", {"vae_name": WAN_VAE}, muted)]
+    vae_nodes = [] if vae_source else [("vae", "VAELoader", {"vae_name": vae_file}, muted)]
     return vae_nodes + [
         ("decode", "VAEDecode", {"samples": "sampler.0", "vae": vae_source or "vae.0"}, muted),
-        ("video", "CreateVideo", {"images": "decode.0", "fps": 16.0}, muted),
+        ("video", "CreateVideo", {"images": "decode.0", "fps": fps}, muted),
         ("save", "SaveVideo", {"video": "video.0", "filename_prefix": f"video/{name}", "format": "auto", "codec": "auto"}, muted),
-    ] + _tiny_vae_branch(name, TINY_VAE, muted=not tiny_vae_first)
+    ] + _tiny_vae_branch(name, tiny_vae_file, muted=not tiny_vae_first, fps=fps)
 
 
-def _tiny_vae_branch(name, vae_file, muted):
-    """Decode with LightX2V's tiny VAE (TAEHV): ~20x faster than the Wan VAE, slightly softer frames."""
+def _tiny_vae_branch(name, vae_file, muted, fps=16.0, loaded=False):
+    """Decode with LightX2V's tiny VAE (TAEHV): ~20x faster than the Wan VAE, slightly softer frames.
+    loaded: the spec already has the `tinyvae` loader node."""
     extra = {"mode": 2} if muted else {}
-    return [
-        ("tinyvae", "LightX2VLoadTinyVAE", {"vae_name": vae_file, "dtype": "auto", "decode_mode": "chunked"}, extra),
+    loader = [] if loaded else [
+        ("tinyvae", "LightX2VLoadTinyVAE", {"vae_name": vae_file, "dtype": "auto", "decode_mode": "chunked"}, extra)]
+    return loader + [
         ("tinydecode", "LightX2VTinyVAEDecode", {"samples": "sampler.0", "vae": "tinyvae.0", "decode_mode": "as loaded"}, extra),
-        ("tinyvideo", "CreateVideo", {"images": "tinydecode.0", "fps": 16.0}, extra),
+        ("tinyvideo", "CreateVideo", {"images": "tinydecode.0", "fps": fps}, extra),
         ("tinysave", "SaveVideo", {"video": "tinyvideo.0", "filename_prefix": f"video/{name}_tiny_vae",
                                    "format": "auto", "codec": "auto"}, extra),
     ]
@@ -122,6 +124,90 @@ def _demo():
             "model": "dit.0", "positive": "pos.0", "negative": "neg.0", "latent_image": "latent.0", "seed": 42,
             "denoising_step_list": "1000,750,500,250", "shift": 5.0, "cfg": 1.0, "mode": "deterministic"}),
     ] + _tiny_vae_branch(name, "lightx2v_demo_taew2_1_random.safetensors", muted=False)
+    return {"name": name, "nodes": nodes}
+
+
+WAN22_REPO = "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"
+WAN22_DOWNLOADS = f"""
+**Text encoder** `{TEXT_ENCODER}` -> `models/text_encoders/` (Comfy-Org/Wan_2.1_ComfyUI_repackaged)
+**VAE** `{WAN_VAE}` -> `models/vae/` (the A14B experts use the Wan2.1 VAE)
+**Tiny VAE (much faster decode)** `taew2_1.safetensors` (madebyollin/taehv) -> `models/vae_approx/`;
+one of the two decode branches is muted: select its nodes and press Ctrl+M to switch.
+"""
+
+
+def _two_experts(name, title, task, lora_version, note):
+    """Wan2.2 A14B: each expert its own loader and Lightning LoRA; the 4-step sampler runs steps 1-2 on the
+    high-noise expert and 3-4 on the low-noise one."""
+    files = {level: f"wan2.2_{task}_{level}_noise_14B_fp8_scaled.safetensors" for level in ("high", "low")}
+    loras = {level: f"wan2.2_{task}_lightx2v_4steps_lora_{lora_version}_{level}_noise.safetensors" for level in ("high", "low")}
+    downloads = (f"**DiTs** `{files['high']}` and `{files['low']}` ({WAN22_REPO}, split_files/diffusion_models) -> "
+                 f"`models/diffusion_models/`\n**LoRAs** `{loras['high']}` and `{loras['low']}` ({WAN22_REPO}, "
+                 f"split_files/loras; the Wan2.2-Lightning LoRAs of lightx2v) -> `models/loras/`")
+    nodes = [
+        ("note", "MarkdownNote", {"text": f"## {title}\n{note}\n{downloads}\n{WAN22_DOWNLOADS}"}),
+        ("clip", "CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}),
+        ("pos", "CLIPTextEncode", {"text": PROMPT, "clip": "clip.0"}, {"title": "Positive prompt"}),
+        ("neg", "CLIPTextEncode", {"text": NEGATIVE, "clip": "clip.0"}, {"title": "Negative prompt"}),
+    ]
+    for level in ("high", "low"):
+        nodes += [
+            (f"dit_{level}", "LightX2VLoadWanDiT", {"model_name": files[level], "dtype": "auto", "attention": "auto",
+                                                    "quantization": "auto"}, {"title": f"{level.capitalize()}-noise expert"}),
+            (f"lora_{level}", "LightX2VApplyLoRA", {"model": f"dit_{level}.0", "lora_name": loras[level], "strength": 1.0,
+                                                    "mode": "merge"}, {"title": f"{level.capitalize()}-noise Lightning LoRA"}),
+        ]
+    if task == "i2v":
+        nodes += [
+            ("vae", "VAELoader", {"vae_name": WAN_VAE}),
+            ("image", "LoadImage", {"image": "example.png"}),
+            ("i2v", "WanImageToVideo", {"positive": "pos.0", "negative": "neg.0", "vae": "vae.0", "start_image": "image.0",
+                                        "width": 832, "height": 480, "length": 81, "batch_size": 1}),
+        ]
+        positive, negative, latent = "i2v.0", "i2v.1", "i2v.2"
+    else:
+        nodes.append(("latent", "EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 81, "batch_size": 1}))
+        positive, negative, latent = "pos.0", "neg.0", "latent.0"
+    nodes.append(("sampler", "LightX2VFourStepSampler", {
+        "model": "lora_high.0", "positive": positive, "negative": negative, "latent_image": latent, "seed": 42,
+        "denoising_step_list": "1000,750,500,250", "shift": 5.0, "cfg": 1.0, "mode": "deterministic",
+        "low_noise_model": "lora_low.0", "switch_at": "step", "switch_step": 2}))
+    nodes += _decode_and_save(name, vae_source="vae.0" if task == "i2v" else None)
+    return {"name": name, "nodes": nodes}
+
+
+def _ti2v_5b():
+    name = "wan2.2_ti2v_5B"
+    note = ("Wan2.2 TI2V-5B: text- (or image-) to-video at 1280x704, 24 fps, 20 steps with CFG, on 48-channel latents "
+            "that the tiny VAE taew2_2 both makes and decodes. For image-to-video, connect a Load Image node to "
+            "start_image of Wan22ImageToVideoLatent (the start frame is kept, the rest generated).\n"
+            f"**DiT** `wan2.2_ti2v_5B_fp16.safetensors` ({WAN22_REPO}, split_files/diffusion_models) -> "
+            "`models/diffusion_models/`\n"
+            f"**Text encoder** `{TEXT_ENCODER}` -> `models/text_encoders/` (Comfy-Org/Wan_2.1_ComfyUI_repackaged)\n"
+            "**Tiny VAE** `taew2_2.safetensors` (madebyollin/taehv) -> `models/vae_approx/`\n"
+            f"**VAE (muted full-quality decode)** `wan2.2_vae.safetensors` ({WAN22_REPO}, split_files/vae) -> "
+            "`models/vae/`; select its nodes and press Ctrl+M to switch decoders.")
+    nodes = [
+        ("note", "MarkdownNote", {"text": f"## Wan2.2 TI2V 5B, 720p, tiny VAE\n{note}"}),
+        ("clip", "CLIPLoader", {"clip_name": TEXT_ENCODER, "type": "wan", "device": "default"}),
+        ("pos", "CLIPTextEncode", {"text": PROMPT, "clip": "clip.0"}, {"title": "Positive prompt"}),
+        ("neg", "CLIPTextEncode", {"text": NEGATIVE, "clip": "clip.0"}, {"title": "Negative prompt"}),
+        ("dit", "LightX2VLoadWanDiT", {"model_name": "wan2.2_ti2v_5B_fp16.safetensors", "dtype": "auto",
+                                       "attention": "auto", "quantization": "auto"}),
+        ("tinyvae", "LightX2VLoadTinyVAE", {"vae_name": "taew2_2.safetensors", "dtype": "auto", "decode_mode": "chunked"}),
+        ("latent", "Wan22ImageToVideoLatent", {"vae": "tinyvae.0", "width": 1280, "height": 704, "length": 121,
+                                               "batch_size": 1}),
+        ("sampler", "KSampler", {
+            "model": "dit.0", "positive": "pos.0", "negative": "neg.0", "latent_image": "latent.0", "seed": 42,
+            "steps": 20, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1.0}),
+    ]
+    muted = {"mode": 2}
+    nodes += [
+        ("vae", "VAELoader", {"vae_name": "wan2.2_vae.safetensors"}, muted),
+        ("decode", "VAEDecode", {"samples": "sampler.0", "vae": "vae.0"}, muted),
+        ("video", "CreateVideo", {"images": "decode.0", "fps": 24.0}, muted),
+        ("save", "SaveVideo", {"video": "video.0", "filename_prefix": f"video/{name}", "format": "auto", "codec": "auto"}, muted),
+    ] + _tiny_vae_branch(name, "taew2_2.safetensors", muted=False, fps=24.0, loaded=True)
     return {"name": name, "nodes": nodes}
 
 
@@ -171,6 +257,14 @@ def specs() -> list[dict]:
                        sampler="ksampler",
                        cache={"method": "teacache", "threshold": 0.2, "start_percent": 0.0, "end_percent": 1.0,
                               "cache_device": "gpu", "verbose": False}),
+        _two_experts("wan2.2_t2v_A14B_lightning_4step", "Wan2.2 T2V A14B, two experts + Lightning LoRAs, 4 steps", "t2v",
+                     "v1.1", "Text-to-video with both Wan2.2 A14B experts in 4 steps (cfg 1): steps 1-2 on the "
+                     "high-noise expert, 3-4 on the low-noise one, each with its own Lightning LoRA. Only one expert is "
+                     "on the GPU at a time; for small GPUs add LightX2V Offload after each LoRA."),
+        _two_experts("wan2.2_i2v_A14B_lightning_4step", "Wan2.2 I2V A14B, two experts + Lightning LoRAs, 4 steps", "i2v",
+                     "v1", "Image-to-video with both Wan2.2 A14B I2V experts in 4 steps (cfg 1): WanImageToVideo "
+                     "without CLIP vision (Wan2.2 has no image encoder branch). Put your start image in `input/`."),
+        _ti2v_5b(),
     ]
 
 

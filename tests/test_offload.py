@@ -160,6 +160,26 @@ def test_lazy_loading_equals_eager(tmp_path, t2v, granularity, resident, prefetc
     assert weight.untyped_storage().nbytes() == weight.element_size()  # at rest: a placeholder, not the weights
 
 
+def test_lazy_reads_another_float_dtype_under_inference_mode(tmp_path, t2v):
+    """A bf16 folder streamed into an fp32 model, run as ComfyUI runs it: in inference mode, which the reader's
+    threads (converting bf16 to fp32 in place) do not inherit."""
+    _, sd, _, args, kwargs, _ = t2v
+    folder = synthetic.write_checkpoint(sd, str(tmp_path / "blocks"), "blocks", "bf16")
+    rounded, _, _ = build()
+    # Only the blocks come from the folder; the model's non-block weights stay fp32.
+    rounded.load_state_dict({k: v.to(torch.bfloat16).float() if k.startswith("blocks.") else v for k, v in sd.items()})
+    lazy, _, _ = build(blocks_on_meta=True)
+    scheduler = OffloadScheduler(lazy, OffloadSettings("block", 0, 1, lazy_dir=folder, disk_workers=2), "cpu")
+    with torch.inference_mode():
+        expected = rounded(*args, **kwargs)
+        scheduler.install()
+        try:
+            out = lazy(*args, **kwargs)
+        finally:
+            scheduler.uninstall()
+    assert torch.equal(out, expected)
+
+
 def test_lazy_folder_mismatch_is_a_clear_error(tmp_path, t2v):
     _, sd, _, _, _, _ = t2v
     folder = synthetic.write_checkpoint({k: v.to(torch.bfloat16) for k, v in sd.items()}, str(tmp_path / "b"), "blocks", "bf16")

@@ -268,26 +268,48 @@ def test_boundary_split_node_matches_split_sigmas(files):
     torch.testing.assert_close(run.output("2", 1), sigmas[switch:])
 
 
-@pytest.mark.parametrize("low, match", [("t2v_small", "dim 256 vs 128"), ("i2v_low", "in_dim 16 vs 36")])
+def nothing_loaded():
+    """Clears ComfyUI's loaded models; returns a check that none was loaded since (a refused graph loads nothing)."""
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    return lambda: mm.current_loaded_models == []
+
+
+@pytest.mark.parametrize("low, match", [("t2v_small", "dim 256 vs 128"), ("i2v_low", "in_dim 16 vs 36"),
+                                        ("ti2v", "in_dim 16 vs 48")])
 def test_mismatched_experts_fail_before_sampling(files, low, match):
     prompt = ours_two_experts(files, False)
     prompt["9"] = ours(files[low])
+    still_empty = nothing_loaded()
     failed = run_prompt(prompt, outputs=["5"], expect_error=True)
     assert failed.error()["exception_type"].endswith("LightX2VError")
     assert match in failed.error()["exception_message"]
+    assert still_empty()
 
 
 # --- bad input ------------------------------------------------------------------------------------------------------
 
-def test_5b_model_with_a_16_channel_latent_is_explained(files):
-    prompt = conditioning({"1": ours(files["ti2v"])})
-    prompt["4"] = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5, "batch_size": 1}}
+@pytest.mark.parametrize("model, latent_channels, wants", [("ti2v", 16, 48), ("t2v_high", 48, 16)])
+def test_latent_of_the_other_wan_generation_is_explained(files, model, latent_channels, wants):
+    """A Wan2.1 latent with the 5B model, and a Wan2.2 5B latent with a 16-channel model."""
+    prompt = conditioning({"1": ours(files[model])})
+    if latent_channels == 16:
+        prompt["4"] = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5, "batch_size": 1}}
+    else:
+        prompt["7"] = {"class_type": "LightX2VLoadTinyVAE", "inputs": {"vae_name": files["taew2_2"], "dtype": "fp32",
+                                                                       "decode_mode": "chunked"}}
+        prompt["4"] = {"class_type": "Wan22ImageToVideoLatent", "inputs": {"vae": ["7", 0], "width": 64, "height": 64,
+                                                                           "length": 5, "batch_size": 1}}
     prompt["5"] = {"class_type": "LightX2VFourStepSampler", "inputs": {
         "model": ["1", 0], "positive": ["2", 0], "latent_image": ["4", 0], "seed": 5,
         "denoising_step_list": "1000,750,500,250", "shift": 5.0, "cfg": 1.0, "mode": "deterministic"}}
+    still_empty = nothing_loaded()
     failed = run_prompt(prompt, outputs=["5"], expect_error=True)
     message = failed.error()["exception_message"]
-    assert failed.error()["exception_type"].endswith("LightX2VError") and "16 channels" in message and "Wan22ImageToVideoLatent" in message
+    assert failed.error()["exception_type"].endswith("LightX2VError")
+    assert f"{latent_channels} channels" in message and f"works on {wants}-channel" in message
+    assert "Wan22ImageToVideoLatent" in message and still_empty()
 
 
 def test_unsupported_family_file_is_named_in_the_ui(files):

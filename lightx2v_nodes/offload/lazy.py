@@ -3,7 +3,8 @@
 Only `block_{i}.safetensors` files are read, by a small thread pool, straight into a bounded pool of
 (pinned, when CUDA is there) host buffers, one block ahead of the copy stream; so host RAM holds a few
 blocks, never the model. The safetensors header is parsed here and tensor bytes are read with `readinto`
-into their final place: no intermediate copies.
+into their final place: no intermediate copies. Every byte read is counted per folder (`disk_bytes_read`), so a
+run's disk traffic is the difference of two readings.
 """
 
 from __future__ import annotations
@@ -21,6 +22,19 @@ from ..wan.checkpoint import file_in_folder
 from .pinning import host_buffer
 
 _EIGHT_BIT = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
+_bytes_by_folder: dict[str, int] = {}  # absolute folder -> bytes every reader of this process read from it
+_bytes_lock = threading.Lock()
+
+
+def disk_bytes_read() -> dict[str, int]:
+    """Bytes read so far from each per-block folder (absolute path) by all lazy readers of this process."""
+    with _bytes_lock:
+        return dict(_bytes_by_folder)
+
+
+def _count_read(directory: str, nbytes: int) -> None:
+    with _bytes_lock:
+        _bytes_by_folder[directory] = _bytes_by_folder.get(directory, 0) + nbytes
 
 
 def block_file(directory: str, block: int) -> str:
@@ -76,7 +90,7 @@ class LazyBlockReader:
 
     def __init__(self, directory: str, layouts: dict[int, dict[str, tuple[tuple, torch.dtype]]], block_bytes: int,
                  workers: int = 4, host_slots: int = 3, pin: bool = False):
-        self.directory = directory
+        self.directory = os.path.abspath(directory)
         self.layouts = layouts
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lightx2v-disk")
         self.buffers = [host_buffer(block_bytes, pin) for _ in range(max(2, host_slots))]
@@ -109,9 +123,13 @@ class LazyBlockReader:
             else:  # a float file read into another float dtype (e.g. bf16 file, fp16 model)
                 raw = torch.empty(end - start, dtype=torch.uint8)
                 _read_fully(f, _as_bytes(raw), path)
-                dst.copy_(raw.view(file_dtype).view(dst.shape))
+                # The buffer may be an inference tensor (made while ComfyUI samples); this thread does not
+                # inherit inference mode, and only inside it may such a tensor be written in place.
+                with torch.inference_mode():
+                    dst.copy_(raw.view(file_dtype).view(dst.shape))
         with self.lock:
             self.bytes_read += end - start
+        _count_read(self.directory, end - start)
 
     def _pick_slot(self, keep: set[int]) -> int:
         candidates = [s for s, b in enumerate(self.slot_block) if b not in keep]
