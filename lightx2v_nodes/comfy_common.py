@@ -1,4 +1,5 @@
-"""What every ComfyUI adapter of the pack shares: finding our DiT inside a MODEL, and a node progress bar.
+"""What every ComfyUI adapter of the pack shares: finding our DiT inside a MODEL, a node progress bar, text shown
+on the running node, and where the feature cache leaves its skip counts for the sampler's summary.
 
 The bottom of the adapter layer: the other `comfy_*.py` modules import this one and never each other.
 """
@@ -6,6 +7,7 @@ The bottom of the adapter layer: the other `comfy_*.py` modules import this one 
 from __future__ import annotations
 
 import comfy.utils
+from comfy_execution.utils import get_executing_context
 
 from .errors import LightX2VError
 from .wan.model import WanDiT
@@ -20,6 +22,24 @@ def lightx2v_dit(model, node: str, native_alternative: str) -> WanDiT:
             f"{node} works on models loaded with 'LightX2V Load Wan DiT', but this MODEL runs {type(dit).__name__}. "
             f"Load the model with LightX2V Load Wan DiT, or use {native_alternative} for models from native loaders.")
     return dit
+
+
+# The feature cache's sampler wrapper sets this attribute of the guider it ran under to (skipped, total) block
+# passes of its run; the pack's samplers read it back for their summary line.
+CACHE_SKIPS_ATTRIBUTE = "lightx2v_cache_skips"
+
+
+def show_in_ui(text: str) -> None:
+    """Text shown on the node that is executing; a no-op without a server (tests, scripts)."""
+    try:
+        from server import PromptServer
+
+        server = PromptServer.instance
+    except (ImportError, AttributeError):
+        return
+    context = get_executing_context()
+    if context is not None:
+        server.send_progress_text(text, context.node_id)
 
 
 class ProgressReporter:

@@ -1,5 +1,6 @@
 """Node schemas only (ComfyUI V3 API). Each module here lists its node classes in `NODES`; they are
-collected automatically, so adding a module is all it takes to add nodes."""
+collected automatically, so adding a module is all it takes to add nodes. Every node derives from
+base.LightX2VNode, which checks its combo values before its `run`."""
 
 import importlib
 import pkgutil

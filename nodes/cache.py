@@ -5,9 +5,10 @@ from comfy_api.latest import io
 from ..lightx2v_nodes.cache import tables
 from ..lightx2v_nodes.cache.comfy_cache import apply_feature_cache
 from ..lightx2v_nodes.cache.settings import METHODS, CacheSettings
+from .base import LightX2VNode
 
 
-class FeatureCache(io.ComfyNode):
+class FeatureCache(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -54,8 +55,8 @@ class FeatureCache(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, method, threshold, start_percent, end_percent, cache_device, verbose,
-                variant="auto", teacache_mode="e0", calibration_file=""):
+    def run(cls, model, method, threshold, start_percent, end_percent, cache_device, verbose,
+            variant="auto", teacache_mode="e0", calibration_file=""):
         settings = CacheSettings(method=method, threshold=threshold, start_percent=start_percent,
                                  end_percent=end_percent, cache_device=cache_device, verbose=verbose,
                                  variant=variant, teacache_mode=teacache_mode)

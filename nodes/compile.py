@@ -4,9 +4,10 @@ from comfy_api.latest import io
 
 from ..lightx2v_nodes.wan.comfy_compile import apply_compile
 from ..lightx2v_nodes.wan.compile import BACKENDS, MODES, CompileSettings
+from .base import LightX2VNode
 
 
-class CompileDiT(io.ComfyNode):
+class CompileDiT(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -31,7 +32,7 @@ class CompileDiT(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, backend, mode):
+    def run(cls, model, backend, mode):
         return io.NodeOutput(apply_compile(model, CompileSettings(backend, mode)))
 
 

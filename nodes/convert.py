@@ -9,12 +9,13 @@ from ..lightx2v_nodes.comfy_adapter import (converted_model_path, diffusion_mode
                                             resolve_diffusion_model, resolve_lora_file)
 from ..lightx2v_nodes.comfy_common import ProgressReporter
 from ..lightx2v_nodes.converter.pipeline import convert_checkpoint
+from .base import LightX2VNode
 
 log = logging.getLogger("lightx2v_nodes")
 NO_LORA = "none"
 
 
-class ConvertWanDiT(io.ComfyNode):
+class ConvertWanDiT(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -48,7 +49,7 @@ class ConvertWanDiT(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model_name, format, output_name, lora_name, lora_strength, save_by_block, overwrite):
+    def run(cls, model_name, format, output_name, lora_name, lora_strength, save_by_block, overwrite):
         if not output_name.strip():
             stem = os.path.splitext(model_name.rstrip("/"))[0]
             output_name = f"{stem}_{format}_lightx2v" + ("" if save_by_block else ".safetensors")

@@ -3,9 +3,10 @@
 from comfy_api.latest import io
 
 from ..lightx2v_nodes.sampling.experts import BOUNDARIES, boundary_switch_step, check_switch_step, split_sigmas
+from .base import LightX2VNode
 
 
-class SplitSigmasAtBoundary(io.ComfyNode):
+class SplitSigmasAtBoundary(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -26,7 +27,7 @@ class SplitSigmasAtBoundary(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, sigmas, boundary):
+    def run(cls, sigmas, boundary):
         steps = len(sigmas) - 1
         switch = check_switch_step(boundary_switch_step(sigmas, boundary), steps,
                                    f"step where sigma falls below {boundary:g}")

@@ -11,11 +11,12 @@ from ..lightx2v_nodes.parallel.comfy_parallel import remember_load_spec
 from ..lightx2v_nodes.quant import QUANTIZATION_CHOICES
 from ..lightx2v_nodes.wan.attention import BACKENDS, check_attention_choice
 from ..lightx2v_nodes.wan.checkpoint import load_wan_checkpoint
+from .base import LightX2VNode
 
 log = logging.getLogger("lightx2v_nodes")
 
 
-class LoadWanDiT(io.ComfyNode):
+class LoadWanDiT(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -55,7 +56,7 @@ class LoadWanDiT(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model_name, dtype, attention, quantization="auto", keep_blocks_on_disk=False):
+    def run(cls, model_name, dtype, attention, quantization="auto", keep_blocks_on_disk=False):
         check_attention_choice(attention)  # before reading the file
         progress = ProgressReporter()
         path = resolve_diffusion_model(model_name)

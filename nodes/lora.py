@@ -3,9 +3,10 @@
 from comfy_api.latest import io
 
 from ..lightx2v_nodes.lora.comfy_lora import MODES, apply_lora_file, lora_choices
+from .base import LightX2VNode
 
 
-class ApplyLoRA(io.ComfyNode):
+class ApplyLoRA(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -31,7 +32,7 @@ class ApplyLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, lora_name, strength, mode):
+    def run(cls, model, lora_name, strength, mode):
         return io.NodeOutput(apply_lora_file(model, lora_name, strength, mode))
 
 

@@ -4,9 +4,10 @@ from comfy_api.latest import io
 
 from ..lightx2v_nodes.parallel.comfy_parallel import apply_multi_gpu
 from ..lightx2v_nodes.parallel.plan import MODES
+from .base import LightX2VNode
 
 
-class MultiGPU(io.ComfyNode):
+class MultiGPU(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -37,7 +38,7 @@ class MultiGPU(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, world_size, mode, devices="auto", timeout_seconds=300):
+    def run(cls, model, world_size, mode, devices="auto", timeout_seconds=300):
         return io.NodeOutput(apply_multi_gpu(model, world_size, mode, devices, timeout_seconds))
 
 

@@ -4,9 +4,10 @@ from comfy_api.latest import io
 
 from ..lightx2v_nodes.offload.comfy_offload import OffloadRequest, apply_offload, resolve_block_folder
 from ..lightx2v_nodes.offload.planner import MODES
+from .base import LightX2VNode
 
 
-class Offload(io.ComfyNode):
+class Offload(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -44,7 +45,7 @@ class Offload(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, mode, vram_budget_gb, resident_blocks, prefetch, lazy_load_dir="", debug_timing=False):
+    def run(cls, model, mode, vram_budget_gb, resident_blocks, prefetch, lazy_load_dir="", debug_timing=False):
         lazy = resolve_block_folder(lazy_load_dir) if lazy_load_dir.strip() else None
         request = OffloadRequest(mode, vram_budget_gb, resident_blocks, prefetch, lazy, debug_timing)
         return io.NodeOutput(apply_offload(model, request))

@@ -2,13 +2,14 @@
 changing-resolution sampling. All of them run through ComfyUI's own samplers."""
 
 import comfy.samplers
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..lightx2v_nodes.sampling.changing_resolution import build_plan, parse_rates, parse_switch_steps
 from ..lightx2v_nodes.sampling.comfy_sampling import (MODE_SAMPLERS, sample_changing_resolution, sample_two_experts,
                                                       sample_with_sigmas)
 from ..lightx2v_nodes.sampling.experts import DISTILL_SWITCH_STEP, expert_switch_step
 from ..lightx2v_nodes.sampling.schedule import DEFAULT_STEP_LIST, distill_sigmas, multistep_sigmas, parse_step_list
+from .base import LightX2VNode
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 STEP_LIST_TOOLTIP = ("Timesteps of the distilled model, most noisy first, in (0, 1000], strictly decreasing, any "
@@ -29,11 +30,16 @@ def _sampling_inputs(cfg_default: float, cfg_tooltip: str):
     ], io.Float.Input("cfg", default=cfg_default, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=cfg_tooltip)
 
 
+def _with_summary(latent: dict, summary: str) -> io.NodeOutput:
+    """The latent, with the run's summary line (s/step, peak VRAM, cache skips) as the node's UI text."""
+    return io.NodeOutput(latent, ui=ui.PreviewText(summary))
+
+
 # switch_at choice -> the sigma boundary it switches at (None: at switch_step).
 SWITCH_CHOICES = {"step": None, "boundary T2V (0.875)": 0.875, "boundary I2V (0.900)": 0.900}
 
 
-class FourStepSampler(io.ComfyNode):
+class FourStepSampler(LightX2VNode):
     @classmethod
     def define_schema(cls):
         inputs, cfg = _sampling_inputs(1.0, "Classifier-free guidance. Keep 1.0 for distilled models: one model call "
@@ -68,19 +74,19 @@ class FourStepSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, latent_image, seed, denoising_step_list, shift, cfg, mode, negative=None,
-                low_noise_model=None, switch_at="step", switch_step=DISTILL_SWITCH_STEP):
+    def run(cls, model, positive, latent_image, seed, denoising_step_list, shift, cfg, mode, negative=None,
+            low_noise_model=None, switch_at="step", switch_step=DISTILL_SWITCH_STEP):
         sigmas = distill_sigmas(parse_step_list(denoising_step_list), shift)
         label = f"{len(sigmas) - 1}-step {mode}"
         if low_noise_model is not None:
             switch = expert_switch_step(sigmas, SWITCH_CHOICES[switch_at], switch_step)
-            return io.NodeOutput(sample_two_experts(model, low_noise_model, positive, negative, latent_image, seed,
-                                                    sigmas, switch, cfg, MODE_SAMPLERS[mode], label=label))
-        return io.NodeOutput(sample_with_sigmas(model, positive, negative, latent_image, seed, sigmas, cfg,
-                                                MODE_SAMPLERS[mode], label=label))
+            return _with_summary(*sample_two_experts(model, low_noise_model, positive, negative, latent_image, seed,
+                                                     sigmas, switch, cfg, MODE_SAMPLERS[mode], label=label))
+        return _with_summary(*sample_with_sigmas(model, positive, negative, latent_image, seed, sigmas, cfg,
+                                                 MODE_SAMPLERS[mode], label=label))
 
 
-class DistillSigmas(io.ComfyNode):
+class DistillSigmas(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -97,11 +103,11 @@ class DistillSigmas(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, denoising_step_list, shift):
+    def run(cls, denoising_step_list, shift):
         return io.NodeOutput(distill_sigmas(parse_step_list(denoising_step_list), shift))
 
 
-class ChangingResolutionSampler(io.ComfyNode):
+class ChangingResolutionSampler(LightX2VNode):
     @classmethod
     def define_schema(cls):
         inputs, cfg = _sampling_inputs(5.0, "Classifier-free guidance (5 is usual for base Wan models, 1 for distilled).")
@@ -134,13 +140,13 @@ class ChangingResolutionSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, latent_image, seed, steps, shift, cfg, sampler_name, resolution_rates,
-                switch_steps, negative=None):
+    def run(cls, model, positive, latent_image, seed, steps, shift, cfg, sampler_name, resolution_rates,
+            switch_steps, negative=None):
         latent_hw = tuple(latent_image["samples"].shape[-2:])
         stages = build_plan(parse_rates(resolution_rates), parse_switch_steps(switch_steps), steps, shift, latent_hw,
                             schedule=lambda stage_shift: multistep_sigmas(steps, stage_shift))
-        return io.NodeOutput(sample_changing_resolution(model, positive, negative, latent_image, seed, stages, cfg,
-                                                        sampler_name))
+        return _with_summary(*sample_changing_resolution(model, positive, negative, latent_image, seed, stages, cfg,
+                                                         sampler_name))
 
 
 NODES = [FourStepSampler, DistillSigmas, ChangingResolutionSampler]

@@ -7,9 +7,10 @@ out-of-the-box demo use this node instead of CLIPLoader + CLIPTextEncode. It is 
 from comfy_api.latest import io
 
 from ..lightx2v_nodes.synthetic_conditioning import synthetic_text_embedding
+from .base import LightX2VNode
 
 
-class SyntheticConditioning(io.ComfyNode):
+class SyntheticConditioning(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -27,7 +28,7 @@ class SyntheticConditioning(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, seed, tokens, dim):
+    def run(cls, seed, tokens, dim):
         return io.NodeOutput([[synthetic_text_embedding(seed, tokens, dim), {}]])
 
 

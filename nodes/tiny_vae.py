@@ -4,13 +4,14 @@ from comfy_api.latest import io
 
 from ..lightx2v_nodes.vae.comfy_vae import DTYPES, decode_to_images, load_tiny_vae, tiny_vae_choices
 from ..lightx2v_nodes.vae.taehv import DECODE_MODES
+from .base import LightX2VNode
 
 MODE_HELP = ("chunked: as many frames per layer as fit a small memory budget (fast, under 1 GiB at 480p/81 frames); "
              "parallel: all frames per layer (fast, memory grows with the length); "
              "sequential: one frame at a time (least memory, slowest). All give the same frames.")
 
 
-class LoadTinyVAE(io.ComfyNode):
+class LoadTinyVAE(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -34,11 +35,11 @@ class LoadTinyVAE(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, vae_name, dtype, decode_mode):
+    def run(cls, vae_name, dtype, decode_mode):
         return io.NodeOutput(load_tiny_vae(vae_name, dtype, decode_mode))
 
 
-class TinyVAEDecode(io.ComfyNode):
+class TinyVAEDecode(LightX2VNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -57,7 +58,7 @@ class TinyVAEDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, samples, vae, decode_mode):
+    def run(cls, samples, vae, decode_mode):
         mode = None if decode_mode == "as loaded" else decode_mode
         return io.NodeOutput(decode_to_images(vae, samples["samples"], mode))
 

@@ -16,11 +16,10 @@ import re
 import comfy.model_patcher
 import comfy.patcher_extension
 import folder_paths
-from comfy_execution.utils import get_executing_context
 
 from ..errors import LightX2VError
 from ..wan.config import WanConfig
-from ..comfy_common import lightx2v_dit
+from ..comfy_common import CACHE_SKIPS_ATTRIBUTE, lightx2v_dit, show_in_ui
 from ..wan.model import FEATURE_CACHE_KEY
 from .settings import CacheSettings, calibration_record, check_model, load_calibration, save_calibration, start_run, too_few_steps_message
 
@@ -48,19 +47,6 @@ def calibration_path(name: str) -> str:
 
 def default_calibration_name(cfg: WanConfig) -> str:
     return re.sub(r"[^a-z0-9]+", "_", cfg.variant.lower()).strip("_")
-
-
-def show_in_ui(text: str) -> None:
-    """Text under the node that is executing (the sampler), where the UI shows it; a no-op without a server."""
-    try:
-        from server import PromptServer
-
-        server = PromptServer.instance
-    except (ImportError, AttributeError):
-        return
-    context = get_executing_context()
-    if context is not None:
-        server.send_progress_text(text, context.node_id)
 
 
 def apply_feature_cache(model, settings: CacheSettings, calibration_file: str = ""):
@@ -99,6 +85,8 @@ def _outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args,
     finally:
         guider.model_options = original
     summary = run.log_summary()
+    counts = run.summary()
+    setattr(guider, CACHE_SKIPS_ATTRIBUTE, (counts["skipped"], counts["calls"]))
     if save_to is not None:
         os.makedirs(os.path.dirname(save_to), exist_ok=True)
         save_calibration(save_to, calibration_record(run, cfg))

@@ -21,6 +21,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
+from ..comfy_common import CACHE_SKIPS_ATTRIBUTE, show_in_ui
 from ..errors import LightX2VError
 from .changing_resolution import Stage, renoise, resize_latent
 from .experts import check_expert_pair, split_sigmas
@@ -37,26 +38,52 @@ ADAPTIVE_SAMPLERS = ("dpm_fast", "dpm_adaptive")
 
 
 class StepProgress:
-    """One progress bar (with latent previews) over a whole run, a log line per step with its time, and
-    the latest x0 (the denoised estimate the sampler reports at each step)."""
+    """One progress bar (with latent previews) over a whole run, the latest x0 (the denoised estimate the sampler
+    reports at each step), and one summary line at the end: time per step, peak VRAM, feature-cache skips."""
 
     def __init__(self, model, total_steps: int, label: str):
         self.preview = latent_preview.prepare_callback(model, total_steps)
         self.total_steps = total_steps
         self.label = label
+        self.device = mm.get_torch_device()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.started = time.perf_counter()
+        self.steps_done = 0
         self.last_step = -1
         self.x0 = None
+        self.cache_skipped = self.cache_passes = 0
 
     def callback(self, step_offset: int = 0):
         def on_step(step, x0, x, total_steps):
             step += step_offset
-            now = time.perf_counter()
-            log.info("LightX2V %s: step %d/%d, %.2f s", self.label, step + 1, self.total_steps, now - self.started)
-            self.started = now
+            self.steps_done += 1
             self.last_step, self.x0 = step, x0
             self.preview(step, x0, x, self.total_steps)
         return on_step
+
+    def sample(self, guider: comfy.samplers.CFGGuider, *args, step_offset: int = 0, **kwargs) -> torch.Tensor:
+        """guider.sample(...) with this run's callback, noting what a feature cache skipped in it."""
+        samples = guider.sample(*args, callback=self.callback(step_offset),
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, **kwargs)
+        skipped, passes = getattr(guider, CACHE_SKIPS_ATTRIBUTE, (0, 0))
+        self.cache_skipped += skipped
+        self.cache_passes += passes
+        return samples
+
+    def summary(self) -> str:
+        """The run's one summary line, logged and shown on the running node."""
+        elapsed = time.perf_counter() - self.started
+        steps = self.steps_done or self.total_steps
+        parts = [f"LightX2V {self.label}: {steps} steps in {elapsed:.1f} s, {elapsed / max(steps, 1):.2f} s/step"]
+        if self.device.type == "cuda":
+            parts.append(f"peak VRAM {torch.cuda.max_memory_allocated(self.device) / 2**30:.2f} GiB")
+        if self.cache_skipped:
+            parts.append(f"feature cache skipped {self.cache_skipped}/{self.cache_passes} block passes")
+        text = ", ".join(parts)
+        log.info(text)
+        show_in_ui(text)
+        return text
 
 
 def make_guider(model, positive, negative, cfg: float) -> comfy.samplers.CFGGuider:
@@ -92,18 +119,18 @@ def _input_latent(model, latent: dict) -> torch.Tensor:
 
 
 def sample_with_sigmas(model, positive, negative, latent: dict, seed: int, sigmas: torch.Tensor, cfg: float,
-                       sampler_name: str, label: str) -> dict:
-    """What SamplerCustomAdvanced does with RandomNoise + CFGGuider + KSamplerSelect, in one call."""
+                       sampler_name: str, label: str) -> tuple[dict, str]:
+    """What SamplerCustomAdvanced does with RandomNoise + CFGGuider + KSamplerSelect, in one call; returns the
+    latent and the run's summary line."""
     latent_image = _input_latent(model, latent)
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     guider = make_guider(model, positive, negative, cfg)
     progress = StepProgress(model, len(sigmas) - 1, label)
-    samples = guider.sample(noise, latent_image, comfy.samplers.sampler_object(check_sampler_name(sampler_name)), sigmas,
-                            denoise_mask=latent.get("noise_mask"), callback=progress.callback(),
-                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    samples = progress.sample(guider, noise, latent_image, comfy.samplers.sampler_object(check_sampler_name(sampler_name)),
+                              sigmas, denoise_mask=latent.get("noise_mask"), seed=seed)
     out = latent.copy()
     out["samples"] = samples.to(mm.intermediate_device())
-    return out
+    return out, progress.summary()
 
 
 def expert_config(model) -> dict:
@@ -129,7 +156,7 @@ def offload_model(model) -> None:
 
 
 def sample_two_experts(high, low, positive, negative, latent: dict, seed: int, sigmas: torch.Tensor,
-                       switch_step: int, cfg: float, sampler_name: str, label: str) -> dict:
+                       switch_step: int, cfg: float, sampler_name: str, label: str) -> tuple[dict, str]:
     """Wan2.2 A14B: the steps before `switch_step` on the high-noise expert, the rest on the low-noise one.
 
     The same two calls as ComfyUI's SplitSigmas -> SamplerCustomAdvanced(high, RandomNoise) ->
@@ -143,22 +170,19 @@ def sample_two_experts(high, low, positive, negative, latent: dict, seed: int, s
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     progress = StepProgress(high, len(sigmas) - 1, label)
     mask = latent.get("noise_mask")
-    pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-    samples = make_guider(high, positive, negative, cfg).sample(
-        noise, latent_image, sampler, high_sigmas, denoise_mask=mask, callback=progress.callback(), disable_pbar=pbar,
-        seed=seed)
+    samples = progress.sample(make_guider(high, positive, negative, cfg), noise, latent_image, sampler, high_sigmas,
+                              denoise_mask=mask, seed=seed)
     mm.throw_exception_if_processing_interrupted()
     if low is not high:
         offload_model(high)
     log.info("LightX2V %s: high-noise expert done (steps 1-%d), low-noise expert takes steps %d-%d", label,
              switch_step, switch_step + 1, len(sigmas) - 1)
     samples = samples.to(mm.intermediate_device())
-    samples = make_guider(low, positive, negative, cfg).sample(
-        torch.zeros_like(samples, device="cpu"), samples, sampler, low_sigmas, denoise_mask=mask,
-        callback=progress.callback(switch_step), disable_pbar=pbar, seed=seed)
+    samples = progress.sample(make_guider(low, positive, negative, cfg), torch.zeros_like(samples, device="cpu"),
+                              samples, sampler, low_sigmas, denoise_mask=mask, seed=seed, step_offset=switch_step)
     out = latent.copy()
     out["samples"] = samples.to(mm.intermediate_device())
-    return out
+    return out, progress.summary()
 
 
 def conditioning_at_size(conditioning, latent_hw: tuple[int, int]):
@@ -185,8 +209,9 @@ def _noise_reaching(x_start: torch.Tensor, latent_in: torch.Tensor, sigma: float
 
 
 def sample_changing_resolution(model, positive, negative, latent: dict, seed: int, stages: list[Stage], cfg: float,
-                               sampler_name: str) -> dict:
-    """Runs each stage through ComfyUI's sampler at its own latent size (stage k uses seed + k)."""
+                               sampler_name: str) -> tuple[dict, str]:
+    """Runs each stage through ComfyUI's sampler at its own latent size (stage k uses seed + k); returns the latent
+    and the run's summary line."""
     check_sampler_name(sampler_name)
     if len(stages) > 1 and sampler_name in ADAPTIVE_SAMPLERS:
         raise LightX2VError(f"Sampler '{sampler_name}' chooses its own steps, so it cannot switch resolution at a given "
@@ -213,14 +238,13 @@ def sample_changing_resolution(model, positive, negative, latent: dict, seed: in
             conditioning_at_size(positive, stage.latent_hw), conditioning_at_size(negative, stage.latent_hw))
         log.info("LightX2V changing-resolution: stage %d, steps %d-%d, latent %dx%d, shift %g",
                  stage.index + 1, stage.first_step + 1, stage.end_step, *stage.latent_hw, stage.shift)
-        samples = make_guider(model, *conds, cfg).sample(
-            noise, latent_image, comfy.samplers.sampler_object(sampler_name), sigmas,
-            denoise_mask=latent.get("noise_mask"), callback=progress.callback(stage.first_step),
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=stage_seed)
+        samples = progress.sample(make_guider(model, *conds, cfg), noise, latent_image,
+                                  comfy.samplers.sampler_object(sampler_name), sigmas,
+                                  denoise_mask=latent.get("noise_mask"), seed=stage_seed, step_offset=stage.first_step)
         if not stage.is_last and progress.last_step != stage.end_step - 1:
             raise LightX2VError(f"Sampler '{sampler_name}' does not report its denoised latent at every step, which "
                                 f"changing resolution needs at a switch. Use euler, lcm, uni_pc or dpmpp_2m.")
         previous = stage
     out = latent.copy()
     out["samples"] = samples.to(mm.intermediate_device())
-    return out
+    return out, progress.summary()
