@@ -6,10 +6,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 LIGHTX2V_SKIP_BROWSER=1 bash "$root/scripts/setup.sh"
 comfy_dir=${COMFYUI_DIR:-"$root/.comfyui"}
 cpu_flag=$("$root/.venv/bin/python" -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
-if ! "$root/.venv/bin/python" -c "import torchaudio" 2>/dev/null; then
-  echo "[run] note: torchaudio has no release for this torch (its last is 2.11), so ComfyUI reports its two audio node"
-  echo "[run]       files (nodes_audio.py, nodes_audio_encoder.py) as IMPORT FAILED below; the pack does not use them."
-fi
 cd "$comfy_dir"
 # ComfyUI keeps its database next to main.py unless told otherwise; keep it in the base directory with the rest.
 exec "$root/.venv/bin/python" main.py $cpu_flag --base-directory "$root/.run" \

@@ -61,6 +61,16 @@ if [ ! -f "$stamp" ] || [ "$root/constraints.txt" -nt "$stamp" ] || [ "$root/req
   touch "$stamp"
 fi
 
+# ComfyUI's two audio node files import torchaudio, which has no build for torch 2.14 (its last release is 2.11), and
+# would print an import traceback on every start. In the copy extracted here (never a COMFYUI_DIR of your own) they
+# become empty node lists; the pack uses no audio node.
+if [ -z "${COMFYUI_DIR:-}" ] && ! "$venv/bin/python" -c "import torchaudio" 2>/dev/null; then
+  for name in nodes_audio.py nodes_audio_encoder.py; do
+    printf '%s\n' '"""Left out by lightx2v-nodes setup: these nodes need torchaudio, which has no build for this torch."""' \
+      'NODE_CLASS_MAPPINGS = {}' > "$comfy_dir/comfy_extras/$name"
+  done
+fi
+
 if [ -z "${LIGHTX2V_SKIP_BROWSER:-}" ] && [ ! -x /usr/bin/chromium ]; then
   step "installing Chromium from Debian's packages (browser tests)"
   if [ "$(id -u)" = 0 ]; then
