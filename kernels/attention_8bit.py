@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 
 import torch
 
+from .common import FP8_MAX, INT8_MAX, MIN_ABSMAX, absmax_scale, contiguous_rows, require_triton, round_up
+from .common import INTERPRET as _INTERPRET
 from .hadamard import hadamard_reference
 
 QUANT_BLOCK = 128  # tokens per Q/K scale; the kernel's key tiles divide it
@@ -55,9 +56,8 @@ PV_DTYPE = torch.float8_e4m3fn
 # Add each key tile's P.V product to the float32 accumulator in registers rather than passing the accumulator
 # into the fp8 tensor-core op, which keeps only ~14 mantissa bits when it adds (Hopper).
 SPLIT_ACCUMULATION = True
-P_SCALE_LOG2 = math.log2(448.0)
+P_SCALE_LOG2 = math.log2(FP8_MAX)
 _LOG2E = 1.4426950408889634
-MIN_ABSMAX = 1e-12
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest tiles of every H100 sweep at 32,760 tokens (bench/attention.py
@@ -74,7 +74,7 @@ HOPPER_MAX_REGISTERS = 168
 
 
 def _padded(length: int) -> int:
-    return -(-length // QUANT_BLOCK) * QUANT_BLOCK
+    return round_up(length, QUANT_BLOCK)
 
 
 def smoothing_mean(k: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,7 @@ def smoothing_mean(k: torch.Tensor) -> torch.Tensor:
 def v_channel_scales(v: torch.Tensor) -> torch.Tensor:
     """Per-channel fp8 scale of V over tokens, [B, H, D] float32 (one read of V, no |v| temporary)."""
     low, high = torch.aminmax(v, dim=1)
-    return torch.maximum(high.float(), -low.float()).clamp_min(MIN_ABSMAX) / 448.0
+    return torch.maximum(high.float(), -low.float()).clamp_min(MIN_ABSMAX) / FP8_MAX
 
 
 def rotation_channels(head_dim: int, rotation_block: int = ROTATION_BLOCK) -> int:
@@ -98,7 +98,7 @@ def q_scale_factor(head_dim: int, rotation_block: int = ROTATION_BLOCK) -> float
     return head_dim ** -0.5 * _LOG2E / rotation_channels(head_dim, rotation_block)
 
 
-def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int,
+def quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int,
                                rotation_block: int = ROTATION_BLOCK):
     """x [B, L, H, D] -> (int8 [B, H, Lpad, D], scales [B, H, Lpad / block] float32 incl. scale_factor)."""
     b, length, h, d = x.shape
@@ -110,25 +110,23 @@ def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale
     pad = _padded(length) - length
     xf = torch.nn.functional.pad(xf, (0, 0, 0, pad))
     blocks = xf.unflatten(2, (-1, block))
-    absmax = blocks.abs().amax(dim=(-1, -2)).clamp_min(MIN_ABSMAX)
-    # A tensor divisor: PyTorch's CUDA division by a Python scalar multiplies by its reciprocal (1 ulp off).
-    scale = absmax / torch.full_like(absmax, 127.0)
-    q = torch.round(blocks / scale[..., None, None]).clamp(-127, 127).to(torch.int8)
+    scale = absmax_scale(blocks.abs().amax(dim=(-1, -2)), torch.int8)
+    q = torch.round(blocks / scale[..., None, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return q.flatten(2, 3).contiguous(), (scale * scale_factor).contiguous()
 
 
 def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor, pv_dtype) -> torch.Tensor:
     """v [B, L, H, D] -> pv_dtype [B, H, D, Lpad] (transposed, zero padded)."""
     length = v.shape[1]
-    vt = (v.float().permute(0, 2, 3, 1) / v_scale[..., None]).clamp(-448.0, 448.0)
+    vt = (v.float().permute(0, 2, 3, 1) / v_scale[..., None]).clamp(-FP8_MAX, FP8_MAX)
     return torch.nn.functional.pad(vt, (0, _padded(length) - length)).to(pv_dtype).contiguous()
 
 
 def quantize_qkv_reference(q, k, v, pv_dtype=None, rotation_block: int = ROTATION_BLOCK):
     """The kernel's inputs, computed in PyTorch: (q8, q_scale, k8, k_scale, v8t, v_scale). rotation_block: channels
     per Hadamard block of Q and K (1: none; other values only to measure what the default gains)."""
-    q8, qs = _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotation_block), 1, rotation_block)
-    k8, ks = _quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK, rotation_block)
+    q8, qs = quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotation_block), 1, rotation_block)
+    k8, ks = quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK, rotation_block)
     vs = v_channel_scales(v)
     return q8, qs, k8, ks, _quantize_v_reference(v, vs, pv_dtype or PV_DTYPE), vs
 
@@ -162,7 +160,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .act_quant import _round_to_e4m3_grid, divide
+    from .common import clamp_to_fp8_range, divide, int8_per_block, int8_per_row, round_to_e4m3_grid
     from .hadamard import hadamard_rows
 
     @triton.jit
@@ -177,20 +175,6 @@ try:
         x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
         return rows, cols, valid, tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
 
-    # Divisions are IEEE-rounded (div_rn for the scales, act_quant.divide per element; Triton's `/` is approximate on
-    # the GPU), so the 8-bit values equal the PyTorch reference's bit for bit.
-    @triton.jit
-    def _round_to_int8(v):
-        """float32 v -> int8, rounding half to even as torch.round (adding 1.5 * 2^23), clamped to +-127."""
-        return tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -127.0), 127.0).to(tl.int8)
-
-    @triton.jit
-    def _int8_per_row(x, INTERPRETED: tl.constexpr):
-        """Each row of float32 x [rows, D] as int8 with its absmax / 127 scale: (int8 [rows, D], scales [rows])."""
-        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12), 127.0)
-        reciprocal = tl.math.div_rn(1.0, scale)
-        return _round_to_int8(divide(x, scale[:, None], reciprocal[:, None], INTERPRETED)), scale
-
     @triton.jit
     def _quantize_qk_kernel(x_ptr, mean_ptr, q_ptr, s_ptr, length, heads, n_blocks, stride_xb, stride_xl, stride_xh,
                             scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, ROTATION: tl.constexpr,
@@ -204,10 +188,9 @@ try:
         if ROTATION > 1:
             x = hadamard_rows(x, BLOCK, HEAD_DIM, ROTATION)
         if PER_ROW:
-            q, scale = _int8_per_row(x, INTERPRETED)
+            q, scale = int8_per_row(x, INTERPRETED)
         else:
-            scale = tl.math.div_rn(tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12), 127.0)
-            q = _round_to_int8(divide(x, scale, tl.math.div_rn(1.0, scale), INTERPRETED))
+            q, scale = int8_per_block(x, INTERPRETED)
         q_ptrs = q_ptr + pid_bh.to(tl.int64) * n_blocks * BLOCK * HEAD_DIM + rows[:, None] * HEAD_DIM + cols[None, :]
         tl.store(q_ptrs, q)
         if PER_ROW:
@@ -224,9 +207,9 @@ try:
                                            HEAD_DIM, BLOCK)
         scale = tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)
         x = divide(x, scale[None, :], tl.math.div_rn(1.0, scale)[None, :], INTERPRETED)
-        x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+        x = clamp_to_fp8_range(x)
         if PV_FP8:
-            x = _round_to_e4m3_grid(x)
+            x = round_to_e4m3_grid(x)
         vt_ptrs = vt_ptr + pid_bh.to(tl.int64) * HEAD_DIM * padded_len + cols[None, :] * padded_len + rows[:, None]
         tl.store(vt_ptrs, x.to(vt_ptr.dtype.element_ty))
 
@@ -249,7 +232,7 @@ try:
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if ROUND_P and vt.dtype == tl.float8e4nv:  # the interpreter's fp8 cast truncates; the GPU's rounds like this
-            p = _round_to_e4m3_grid(p)
+            p = round_to_e4m3_grid(p)
         if SPLIT_ACC:
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), tl.trans(vt))
         else:
@@ -335,15 +318,12 @@ try:
         acc, l_i = _attend_keys(q, row_scale, desc_k, desc_v, ks_ptr, pid_bh, length_k, padded_k, BLOCK_M, BLOCK_N,
                                 HEAD_DIM, ROUND_P, SPLIT_ACC, True)
         _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh, HEAD_DIM)
-
-    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 except ImportError:
     triton = None
 
 
 def _check(q, k, v):
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
+    require_triton()
     if q.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"attention8: expected q [B, Lq, H, D], k/v [B, Lk, H, D]; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -351,14 +331,10 @@ def _check(q, k, v):
         raise ValueError(f"attention8 supports head dims 64 and 128, not {q.shape[-1]}")
 
 
-def _rows_contiguous(x):
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def quantize_qkv(q, k, v, pv_dtype=None, rotation_block: int = ROTATION_BLOCK):
     """Triton version of quantize_qkv_reference."""
     _check(q, k, v)
-    q = _rows_contiguous(q)
+    q = contiguous_rows(q)
     b, lq, h, d = q.shape
     pq = _padded(lq)
     q8 = torch.empty((b, h, pq, d), dtype=torch.int8, device=q.device)
@@ -374,7 +350,7 @@ def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotation_block: int = ROTATION
     """quantize_qkv's K and V outputs (k8, k_scale, v8t, v_scale). k_mean: smoothing_mean(k) [B, H, D] float32 where
     the caller has it already (kernels/norm_rope.py's column sums), which saves a pass over K."""
     _check(k, k, v)
-    k, v = _rows_contiguous(k), _rows_contiguous(v)
+    k, v = contiguous_rows(k), contiguous_rows(v)
     b, lk, h, d = k.shape
     pk = _padded(lk)
     dev = k.device

@@ -13,9 +13,9 @@ Two kernels: for fp8 on Hopper and newer a persistent one with TMA descriptor lo
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .common import INTERPRET, require_triton
 
 
 # fp8: let the tensor cores accumulate all of K (no float32 promotion per K-tile). Measured on an H100
@@ -122,7 +122,6 @@ try:
             _epilogue(acc, out_ptr, sa_ptr, sb_ptr, bias_ptr, pid_m, pid_n, M, N, stride_om, stride_on, HAS_BIAS,
                       BLOCK_M, BLOCK_N)
 
-    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
     # Large tiles for the GPU (chosen per shape by the autotuner); small fixed tiles for the CPU interpreter.
     _GPU_CONFIGS = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
@@ -151,7 +150,7 @@ TMA_TILES = (128, 256, 128, 8, 4)
 def _tma_applies(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
     """fp8 in, 16-bit out (TMA_TILES with a float32 output tile exceed shared memory), Hopper or newer, rows of
     16-byte multiples, unit column strides. (int8 keeps the pointer kernel: its TMA variant was not measured.)"""
-    return (TensorDescriptor is not None and not _INTERPRET and xq.is_cuda and xq.dtype == torch.float8_e4m3fn
+    return (TensorDescriptor is not None and not INTERPRET and xq.is_cuda and xq.dtype == torch.float8_e4m3fn
             and out_dtype in (torch.bfloat16, torch.float16)
             and torch.cuda.get_device_capability(xq.device) >= (9, 0) and xq.shape[1] % 16 == 0
             and xq.stride(1) == 1 and wq.stride(1) == 1 and xq.stride(0) % 16 == 0 and wq.stride(0) % 16 == 0)
@@ -181,8 +180,7 @@ def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote
     tiles: a fixed (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) instead of the autotuner's choice (tests
     check the kernel's logic at a few tile shapes without compiling every candidate for every shape).
     """
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
+    require_triton()
     m, k = xq.shape
     n = wq.shape[0]
     if wq.shape[1] != k or wq.dtype != xq.dtype:
@@ -193,7 +191,7 @@ def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote
     args = (xq, wq, out, sx, sw, bias if bias is not None else sx, m, n, k,
             xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), out.stride(0), out.stride(1))
     flags = {"HAS_BIAS": bias is not None, "IS_INT8": xq.dtype == torch.int8, "FP8_PROMOTE": FP8_PROMOTE_DEFAULT if fp8_promote is None else bool(fp8_promote)}
-    if _INTERPRET and tiles is None:
+    if INTERPRET and tiles is None:
         tiles = (16, 32, 32, 4, 1)
     if _tma_applies(xq, wq, out_dtype) if tma is None else tma:
         _launch_tma(xq, wq, out, sx, sw, bias, flags, tiles)
