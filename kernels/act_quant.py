@@ -1,13 +1,13 @@
 """Per-token (per-row) dynamic symmetric activation quantization to int8 or float8_e4m3fn.
 
-s = absmax(row) / QMAX; int8: q = clamp(round(x / s), -128, 127); fp8: q = fp8(clamp(x / s, -448, 448)).
-The Triton kernels fuse the absmax, the scale and the cast into one launch (PyTorch needs four passes) and divide
-without a division instruction per element: up to 3.6 TB/s on an H200, 2.4x the previous kernel.
+The formula is kernels/common.py's, one scale per row. The Triton kernels fuse the absmax, the scale and the cast
+into one launch (PyTorch needs four passes) and divide without a division instruction per element, which keeps them
+memory-bound (bench/act_quant.py).
 
 `gelu_quantize_per_token` quantizes GELU(x) (tanh approximation, kept in float32 where an unfused GELU
 would round it to x's dtype first) for the FFN's second linear: one read of the [tokens, ffn_dim] hidden state
 from memory and one 8-bit write. Unfused, GELU writes and re-reads that tensor (0.9 GB per 14B block at 480p),
-and inductor's fused version of GELU + quantization measured ~3x over memory bandwidth.
+and inductor's fusion of GELU + quantization is slower than this kernel (bench/gelu_quant.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import torch
 from .common import INTERPRET, QMAX, contiguous_rows, quantize_rows, require_triton
 
 # Rows up to this wide are held in registers and quantized in one pass, several rows per program; wider rows take
-# two passes over chunks of the row (the second from L2), 2,048 wide from 8,192 elements on. H200, 32,760 rows,
-# bf16 in (bench/NOTES.md): one pass wins at 1,536 (0.052 vs 0.058 ms); at 5,120 and above two passes win
-# (5,120: 0.141 vs 0.186 ms, 3.6 TB/s), one pass over a power-of-2-padded row leaving lanes idle and fewer rows in flight.
+# two passes over chunks of the row (the second from L2), 2,048 wide from 8,192 elements on: faster from 5,120 on,
+# where one pass over a power-of-2-padded row leaves lanes idle and fewer rows in flight (bench/act_quant.py).
 ONE_PASS_MAX_WIDTH = 2048
 ROW_ELEMENTS_PER_PROGRAM = 4096
 

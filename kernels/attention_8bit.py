@@ -4,17 +4,17 @@ Inputs q [B, Lq, H, D], k and v [B, Lk, H, D] (bf16/fp16/fp32; D = 64 or 128; Lq
 causal) -> out [B, Lq, H, D] in q's dtype.
 
 Quantization, chosen for cosine >= 0.999 vs exact attention on DiT-like inputs (relative error 3.6-3.8e-2,
-sageattention 1.0.6: 5-6e-2) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/NOTES.md):
+sageattention 1.0.6: 5-6e-2) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/attention.py, bench/dit_forward.py):
 - K is smoothed first: its mean over tokens (per batch, head, channel) is subtracted. That adds the same
   q.mean(K) to every score of a query row, which softmax ignores, and it removes the large shared bias
   trained DiTs have in K, so int8 keeps its resolution for what differs between tokens.
 - Q and K are rotated first (kernels/hadamard.py): a Walsh-Hadamard transform of each head's channels in blocks of
-  ROTATION_BLOCK, which leaves every score unchanged and spreads outlier channels over their block (relative error
-  5.1e-2 -> 3.7e-2 on the 10x-outlier stress inputs at 32,760 tokens, H200).
+  ROTATION_BLOCK, which leaves every score unchanged and spreads outlier channels over their block (a lower error on
+  bench/attention.py's 10x-outlier inputs).
 - Q and K: int8, absmax / 127 scales: one per token for Q (free in the kernel, which scales score rows),
   one per block of QUANT_BLOCK tokens of a head for K (a scalar per key tile). Q's scales also carry
   softmax's 1/sqrt(D), log2(e) and the rotation's 1/ROTATION_BLOCK, so the kernel's scores are already in the
-  exp2 domain. Measured alternatives (bench/NOTES.md): fp8 Q/K is 2-5x less accurate (rotated or not);
+  exp2 domain. Measured alternatives (bench/attention.py): fp8 Q/K is 2-5x less accurate (rotated or not);
   per-token K scales (measured before the rotation) cut the error on inputs
   with 10x outlier channels by ~10% but cost 21% of the kernel's time (a scale per score column).
 - V: float8_e4m3fn with one scale per channel (over all tokens of a head): a per-channel scale factors out
@@ -28,7 +28,7 @@ sageattention 1.0.6: 5-6e-2) and a random 14B DiT at cosine 0.9999 vs SDPA (benc
 Two kernels run the same tile function: one loads K and V^T tiles through pointers (any GPU with fp8 tensor cores,
 and Triton's interpreter), the other through Hopper's tensor memory accelerator (host tensor descriptors). Without
 per-thread tile addresses the latter needs ~168 registers instead of 255, so with two pipeline stages three programs
-share an SM: 25.8 vs 28.0 ms at 32,760 tokens on the H200 (bench/NOTES.md, stop 15).
+share an SM, which makes it the faster of the two on Hopper (bench/attention.py).
 
 `attention8_reference` runs the identical algorithm (same quantization, same online softmax over key
 blocks) in PyTorch; tests compare the kernel with it and with exact float32 attention.
@@ -46,10 +46,9 @@ from .common import INTERPRET as _INTERPRET
 from .hadamard import hadamard_reference
 
 QUANT_BLOCK = 128  # tokens per Q/K scale; the kernel's key tiles divide it
-# Channels per Hadamard block of Q and K (kernels/hadamard.py); 1 = no rotation. H200, 32,760 tokens, 10x-outlier
-# inputs (bench/NOTES.md): rel err 5.1e-2 unrotated, 4.3e-2 / 3.7e-2 / 3.3e-2 / 2.9e-2 in blocks of 8 / 16 / 32 / 128;
-# Q/K/V quantization 0.93 ms unrotated, 0.96 ms up to 16 (butterfly stages inside a thread's registers), 1.8-2.0 ms
-# from 32 on (stages across threads go through shared memory).
+# Channels per Hadamard block of Q and K (kernels/hadamard.py); 1 = no rotation. Larger blocks are more accurate; up to
+# 16 the butterfly stays inside a thread's registers at no measurable cost, from 32 on it doubles the quantization
+# time (bench/attention.py).
 ROTATION_BLOCK = 16
 # P.V operand type: float8_e4m3fn (2x the tensor-core rate) or float16 (~8 more mantissa bits for P and V).
 PV_DTYPE = torch.float8_e4m3fn
@@ -61,14 +60,13 @@ _LOG2E = 1.4426950408889634
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest tiles of every H100 sweep at 32,760 tokens (bench/attention.py
-# --sweep: 28.1 ms, the next best 33.0). Fixed rather than autotuned: an autotuner timing a few calls of each candidate
-# picked (128, 128, 8, 3) inside a DiT forward, 32.9 ms per call. Key tiles must divide QUANT_BLOCK (one K scale each).
+# --sweep). Fixed rather than autotuned: an autotuner timing a few calls of each candidate inside a DiT forward picked
+# slower tiles. Key tiles must divide QUANT_BLOCK (one K scale each).
 ATTENTION_TILES = (64, 128, 4, 3)
 # The same tiles for the tensor-descriptor kernel on Hopper, with two stages: at most 168 registers and 74 KB of shared
 # memory per program let three programs share an SM (the pointer kernel: 255 registers, two). The register cap matters
-# where the sequence length is a multiple of 16: Triton then specialises the kernel and takes 235 registers without it.
-# H200 (bench/NOTES.md, stop 15), ms at 8,192 / 32,760 / 75,600 tokens: capped 1.65 / 25.8 / 136.6, uncapped
-# 2.05 / 25.7 / 179.6, pointer kernel 1.84 / 28.0 / 150.3.
+# where the sequence length is a multiple of 16: Triton then specialises the kernel and takes 235 registers without it
+# (bench/attention.py).
 HOPPER_TILES = (64, 128, 4, 2)
 HOPPER_MAX_REGISTERS = 168
 

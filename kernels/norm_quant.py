@@ -19,8 +19,8 @@ from .act_quant import quantize_per_token_reference
 from .common import INTERPRET, QMAX, contiguous_rows, floor_power_of_2, require_triton
 
 # Whole rows are held in registers (Wan's widths: 1,536, 3,072, 5,120): up to ROW_ELEMENTS_PER_PROGRAM elements of
-# rows per program, ELEMENTS_PER_WARP per warp, up to MAX_WARPS. H200, 32,760 tokens (bench/NOTES.md, stop 19): 14B one
-# row and 4 warps 0.246 ms (modulated) / 0.250 (affine), 8 warps 0.308 / 0.289; 1.3B two rows and 4 warps 0.098 / 0.084.
+# rows per program, ELEMENTS_PER_WARP per warp, up to MAX_WARPS, the fastest rows and warps at Wan's widths
+# (bench/norm_quant.py's fused-rowsR-wN rows).
 MAX_WIDTH = 16384
 ROW_ELEMENTS_PER_PROGRAM = 4096
 ELEMENTS_PER_WARP = 512

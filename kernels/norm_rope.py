@@ -7,8 +7,8 @@ adjacent pairs, model.apply_rope):
   and the weight product in float32, rounded once to x's dtype (the weight is in x's dtype).
 - RoPE on that rounded value in float32: (even, odd) -> (even cos - odd sin, even sin + odd cos), rounded to
   x's dtype. `rotations` is model.rope_tables' [L, head_dim / 2, 2] float32 (cos, sin).
-The unfused eager path makes several passes over float32 temporaries; inductor fuses it into kernels that were
-measured at ~2.7x this kernel's bandwidth floor (issue 9).
+The unfused eager path makes several passes over float32 temporaries; inductor's fusion of it is slower than this
+kernel (bench/norm_rope.py).
 
 Two more modes feed the 8-bit attention kernel (kernels/attention_8bit.py) directly:
 - `rms_norm_rope_int8` (queries): attention8's Hadamard-rotated int8 Q [B, H, Lpad, D] with per-token scales
@@ -30,9 +30,8 @@ from .common import INTERPRET, contiguous_rows, floor_power_of_2, require_triton
 
 
 # Default warps per program, by mode (0: bf16 out, 1: int8 Q, 2: K + column sums): one per this many elements of the
-# token row (heads padded to a power of 2), clamped to [MIN_WARPS, MAX_WARPS[mode]]. H200, 32,760 tokens, ms per call
-# (bench/NOTES.md, stop 19): 14B bf16 0.188 (8 warps), int8 Q 0.264 (2), K + sums 0.313 (8); 1.3B 0.061 (2), 0.108 (2),
-# 0.205 (4).
+# token row (heads padded to a power of 2), clamped to [MIN_WARPS, MAX_WARPS[mode]]: the fastest warps per mode at
+# Wan's widths (bench/norm_rope.py's -wN rows).
 ELEMENTS_PER_WARP = {0: 1024, 1: 4096, 2: 512}
 MIN_WARPS = 2
 MAX_WARPS = {0: 16, 1: 16, 2: 8}

@@ -6,9 +6,9 @@ in its stored [N, K] layout (K contiguous), which is the K-major operand the ten
 transposed copy is ever made. Fusing the epilogue saves the int32/fp32 [M, N] round trip through memory
 that `torch._int_mm` + a separate scale pass costs.
 
-Two kernels: for fp8 on Hopper and newer a persistent one with TMA descriptor loads (one program per SM;
-5-19% faster at the 14B attention shape, -1% to +11% at the FFN shapes, depending on the H100), elsewhere
-(int8, rows that are not 16-byte multiples, older GPUs) one with pointer loads.
+Two kernels: for fp8 on Hopper and newer a persistent one with TMA descriptor loads (one program per SM; faster at
+the 14B shapes, bench/quant_linear.py), elsewhere (int8, rows that are not 16-byte multiples, older GPUs) one with
+pointer loads.
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ import torch
 from .common import INTERPRET, require_triton
 
 
-# fp8: let the tensor cores accumulate all of K (no float32 promotion per K-tile). Measured on an H100
-# (bench/quant_linear.py, 2026-11-24): promotion costs 28% of the block's fp8 GEMM time (0.94x bf16 instead
-# of 1.31x), while the fast mode's error, <= 1e-3 of sum|x_k w_k| (relative norm error 2-3e-3 at K = 5120
-# and 13824), is bit-identical to cuBLAS's own use_fast_accum=True and >10x below the error fp8 activation
-# quantization already makes (cosine vs bf16 0.99930 in both modes).
+# fp8: let the tensor cores accumulate all of K (no float32 promotion per K-tile). Promotion costs over a quarter of the
+# fp8 GEMM's time, while the fast mode's error, <= 1e-3 of sum|x_k w_k|, equals cuBLAS's own use_fast_accum=True and is
+# >10x below the error fp8 activation quantization already makes (bench/quant_linear.py).
 FP8_PROMOTE_DEFAULT = False
 
 
@@ -142,8 +140,7 @@ except ImportError:
 
 
 # The TMA kernel's tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the best or within 4% of the best of an H100
-# sweep at every 14B shape (32,760 tokens; bench/NOTES.md). Two H100s, TMA vs pointer kernel: 5120x5120 1.26 / 1.40 ms
-# vs 1.56 / 1.47, ffn.0 3.75 / 3.77 vs 3.91 / 3.97, ffn.2 3.51 / 3.78 vs 3.94 / 3.74.
+# sweep at every 14B shape (32,760 tokens; bench/quant_linear.py --tma-tiles).
 TMA_TILES = (128, 256, 128, 8, 4)
 
 
