@@ -4,7 +4,7 @@ Inputs q [B, Lq, H, D], k and v [B, Lk, H, D] (bf16/fp16/fp32; D = 64 or 128; Lq
 causal) -> out [B, Lq, H, D] in q's dtype.
 
 Quantization, chosen for cosine >= 0.999 vs exact attention on DiT-like inputs (relative error 3.6-3.8e-2,
-sageattention 1.0.6: 5-6e-2) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/attention.py, bench/dit_forward.py):
+sageattention 1.0.6: 5-6e-2; bench/attention.py) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/dit_forward.py):
 - K is smoothed first: its mean over tokens (per batch, head, channel) is subtracted. That adds the same
   q.mean(K) to every score of a query row, which softmax ignores, and it removes the large shared bias
   trained DiTs have in K, so int8 keeps its resolution for what differs between tokens.
@@ -97,7 +97,7 @@ def q_scale_factor(head_dim: int, rotation_block: int = ROTATION_BLOCK) -> float
 
 
 def quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int,
-                               rotation_block: int = ROTATION_BLOCK):
+                              rotation_block: int = ROTATION_BLOCK):
     """x [B, L, H, D] -> (int8 [B, H, Lpad, D], scales [B, H, Lpad / block] float32 incl. scale_factor)."""
     b, length, h, d = x.shape
     xf = x.float().permute(0, 2, 1, 3)

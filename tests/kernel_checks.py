@@ -162,6 +162,7 @@ def check_quantization_and_gemm(device="cpu", shapes=GEMM_SHAPES, gelu_shapes=((
 
 
 def check_lowrank_add():
+    """float32 and float16 (the interpreter has no bfloat16 matmul), h a strided column slice."""
     for m, n, r in LOWRANK_SHAPES:
         for dtype, bound in ((torch.float32, 1e-6), (torch.float16, 2.0 ** -10)):
             out, h, up = lowrank_case(m, n, r, dtype, "cpu")
@@ -188,6 +189,7 @@ def _tiny_dit(dtype):
 
 
 def check_attention8():
+    """Quantization bit for bit, both kernels vs the reference at odd lengths, then a tiny DiT through the kernel."""
     sys.path.append(os.path.join(ROOT, "bench"))  # after everything else: its module names are generic
     from attention import compare, exact_attention
 
@@ -240,6 +242,7 @@ def _forward(model, inputs, norm_module, force, chunk=None):
 
 
 def check_layer_norm_quantize():
+    """The kernel, then a tiny DiT through wan.norm_quant (patches the engine's modules: run it in its own process)."""
     from lightx2v_nodes.quant.dit import quantize_dit_
     from lightx2v_nodes.wan import compile as wan_compile, norm_quant
 
@@ -279,6 +282,7 @@ def check_layer_norm_quantize():
 
 
 def check_rms_norm_rope():
+    """The kernel's modes, then a tiny DiT through wan.norm_rope (patches the engine's modules: its own process)."""
     from lightx2v_nodes.wan import attention as wan_attention, compile as wan_compile, norm_rope
 
     for batch, grid, heads, head_dim, dtype in [(2, (1, 3, 5), 3, 64, torch.bfloat16),
@@ -326,7 +330,7 @@ def check_rms_norm_rope():
     print("tiny DiT rel errors", relative_error(compiled, want), relative_error(got8, want8))
 
 
-if __name__ == "__main__":  # python tests/kernel_checks.py check_name, from triton_interpreter.run_in_triton_interpreter
+if __name__ == "__main__":  # python tests/kernel_checks.py check_name (triton_interpreter.run_in_triton_interpreter)
     name = sys.argv[1]
     if not name.startswith("check_"):
         raise SystemExit(f"not a check: {name}")

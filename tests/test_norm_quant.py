@@ -9,8 +9,8 @@ wan/norm_quant.py) and its integration.
   modulated with batch 2 and a shared batch-1 modulation; a strided token slice; widths that are and are not a sum
   of two powers of 2; programs with rows past the end): equal bit for bit there (the interpreter adds the sums in the reference's order).
   A whole tiny DiT with fp8 and int8 linears, fused path forced on (whole sequence, token-chunked, torch.compile'd
-  with aot_eager) vs the unfused forward: relative error <= 1e-2 (the bf16 bound of the other model tests; measured 0), and the
-  fused kernel runs 3 times per block.
+  with aot_eager) vs the unfused forward: relative error <= 1e-2 (the bf16 bound of the other model tests; measured
+  0), and the fused kernel runs 3 times per block.
 GPU tests (skipped without CUDA) repeat the kernel checks at full width (5,120 and 1,536 x 32,760 tokens), where the
 sums' order may move a 16-bit value by one ulp: see assert_close_8bit.
 """
