@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 
 import torch
 
@@ -27,8 +28,11 @@ WIDTHS = (1536, 5120, 8960, 13824)
 
 
 def load_baseline(path):
-    spec = importlib.util.spec_from_file_location("act_quant_baseline", path)
+    """Another act_quant.py, loaded inside the kernels package so that its relative imports (.common) resolve."""
+    name = f"{kernels.__name__}.act_quant_baseline"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -4,17 +4,17 @@ Inputs q [B, Lq, H, D], k and v [B, Lk, H, D] (bf16/fp16/fp32; D = 64 or 128; Lq
 causal) -> out [B, Lq, H, D] in q's dtype.
 
 Quantization, chosen for cosine >= 0.999 vs exact attention on DiT-like inputs (relative error 3.6-3.8e-2,
-sageattention 1.0.6: 5-6e-2) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/NOTES.md):
+sageattention 1.0.6: 5-6e-2; bench/attention.py) and a random 14B DiT at cosine 0.9999 vs SDPA (bench/dit_forward.py):
 - K is smoothed first: its mean over tokens (per batch, head, channel) is subtracted. That adds the same
   q.mean(K) to every score of a query row, which softmax ignores, and it removes the large shared bias
   trained DiTs have in K, so int8 keeps its resolution for what differs between tokens.
 - Q and K are rotated first (kernels/hadamard.py): a Walsh-Hadamard transform of each head's channels in blocks of
-  ROTATION_BLOCK, which leaves every score unchanged and spreads outlier channels over their block (relative error
-  5.1e-2 -> 3.7e-2 on the 10x-outlier stress inputs at 32,760 tokens, H200).
+  ROTATION_BLOCK, which leaves every score unchanged and spreads outlier channels over their block (a lower error on
+  bench/attention.py's 10x-outlier inputs).
 - Q and K: int8, absmax / 127 scales: one per token for Q (free in the kernel, which scales score rows),
   one per block of QUANT_BLOCK tokens of a head for K (a scalar per key tile). Q's scales also carry
   softmax's 1/sqrt(D), log2(e) and the rotation's 1/ROTATION_BLOCK, so the kernel's scores are already in the
-  exp2 domain. Measured alternatives (bench/NOTES.md): fp8 Q/K is 2-5x less accurate (rotated or not);
+  exp2 domain. Measured alternatives (bench/attention.py): fp8 Q/K is 2-5x less accurate (rotated or not);
   per-token K scales (measured before the rotation) cut the error on inputs
   with 10x outlier channels by ~10% but cost 21% of the kernel's time (a scale per score column).
 - V: float8_e4m3fn with one scale per channel (over all tokens of a head): a per-channel scale factors out
@@ -28,7 +28,7 @@ sageattention 1.0.6: 5-6e-2) and a random 14B DiT at cosine 0.9999 vs SDPA (benc
 Two kernels run the same tile function: one loads K and V^T tiles through pointers (any GPU with fp8 tensor cores,
 and Triton's interpreter), the other through Hopper's tensor memory accelerator (host tensor descriptors). Without
 per-thread tile addresses the latter needs ~168 registers instead of 255, so with two pipeline stages three programs
-share an SM: 25.8 vs 28.0 ms at 32,760 tokens on the H200 (bench/NOTES.md, stop 15).
+share an SM, which makes it the faster of the two on Hopper (bench/attention.py).
 
 `attention8_reference` runs the identical algorithm (same quantization, same online softmax over key
 blocks) in PyTorch; tests compare the kernel with it and with exact float32 attention.
@@ -38,43 +38,41 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 
 import torch
 
+from .common import FP8_MAX, INT8_MAX, MIN_ABSMAX, absmax_scale, contiguous_rows, require_triton, round_up
+from .common import INTERPRET as _INTERPRET
 from .hadamard import hadamard_reference
 
 QUANT_BLOCK = 128  # tokens per Q/K scale; the kernel's key tiles divide it
-# Channels per Hadamard block of Q and K (kernels/hadamard.py); 1 = no rotation. H200, 32,760 tokens, 10x-outlier
-# inputs (bench/NOTES.md): rel err 5.1e-2 unrotated, 4.3e-2 / 3.7e-2 / 3.3e-2 / 2.9e-2 in blocks of 8 / 16 / 32 / 128;
-# Q/K/V quantization 0.93 ms unrotated, 0.96 ms up to 16 (butterfly stages inside a thread's registers), 1.8-2.0 ms
-# from 32 on (stages across threads go through shared memory).
+# Channels per Hadamard block of Q and K (kernels/hadamard.py); 1 = no rotation. Larger blocks are more accurate; up to
+# 16 the butterfly stays inside a thread's registers at no measurable cost, from 32 on it doubles the quantization
+# time (bench/attention.py).
 ROTATION_BLOCK = 16
 # P.V operand type: float8_e4m3fn (2x the tensor-core rate) or float16 (~8 more mantissa bits for P and V).
 PV_DTYPE = torch.float8_e4m3fn
 # Add each key tile's P.V product to the float32 accumulator in registers rather than passing the accumulator
 # into the fp8 tensor-core op, which keeps only ~14 mantissa bits when it adds (Hopper).
 SPLIT_ACCUMULATION = True
-P_SCALE_LOG2 = math.log2(448.0)
+P_SCALE_LOG2 = math.log2(FP8_MAX)
 _LOG2E = 1.4426950408889634
-MIN_ABSMAX = 1e-12
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest tiles of every H100 sweep at 32,760 tokens (bench/attention.py
-# --sweep: 28.1 ms, the next best 33.0). Fixed rather than autotuned: an autotuner timing a few calls of each candidate
-# picked (128, 128, 8, 3) inside a DiT forward, 32.9 ms per call. Key tiles must divide QUANT_BLOCK (one K scale each).
+# --sweep). Fixed rather than autotuned: an autotuner timing a few calls of each candidate inside a DiT forward picked
+# slower tiles. Key tiles must divide QUANT_BLOCK (one K scale each).
 ATTENTION_TILES = (64, 128, 4, 3)
 # The same tiles for the tensor-descriptor kernel on Hopper, with two stages: at most 168 registers and 74 KB of shared
 # memory per program let three programs share an SM (the pointer kernel: 255 registers, two). The register cap matters
-# where the sequence length is a multiple of 16: Triton then specialises the kernel and takes 235 registers without it.
-# H200 (bench/NOTES.md, stop 15), ms at 8,192 / 32,760 / 75,600 tokens: capped 1.65 / 25.8 / 136.6, uncapped
-# 2.05 / 25.7 / 179.6, pointer kernel 1.84 / 28.0 / 150.3.
+# where the sequence length is a multiple of 16: Triton then specialises the kernel and takes 235 registers without it
+# (bench/attention.py).
 HOPPER_TILES = (64, 128, 4, 2)
 HOPPER_MAX_REGISTERS = 168
 
 
 def _padded(length: int) -> int:
-    return -(-length // QUANT_BLOCK) * QUANT_BLOCK
+    return round_up(length, QUANT_BLOCK)
 
 
 def smoothing_mean(k: torch.Tensor) -> torch.Tensor:
@@ -85,7 +83,7 @@ def smoothing_mean(k: torch.Tensor) -> torch.Tensor:
 def v_channel_scales(v: torch.Tensor) -> torch.Tensor:
     """Per-channel fp8 scale of V over tokens, [B, H, D] float32 (one read of V, no |v| temporary)."""
     low, high = torch.aminmax(v, dim=1)
-    return torch.maximum(high.float(), -low.float()).clamp_min(MIN_ABSMAX) / 448.0
+    return torch.maximum(high.float(), -low.float()).clamp_min(MIN_ABSMAX) / FP8_MAX
 
 
 def rotation_channels(head_dim: int, rotation_block: int = ROTATION_BLOCK) -> int:
@@ -98,8 +96,8 @@ def q_scale_factor(head_dim: int, rotation_block: int = ROTATION_BLOCK) -> float
     return head_dim ** -0.5 * _LOG2E / rotation_channels(head_dim, rotation_block)
 
 
-def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int,
-                               rotation_block: int = ROTATION_BLOCK):
+def quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale_factor: float, block: int,
+                              rotation_block: int = ROTATION_BLOCK):
     """x [B, L, H, D] -> (int8 [B, H, Lpad, D], scales [B, H, Lpad / block] float32 incl. scale_factor)."""
     b, length, h, d = x.shape
     xf = x.float().permute(0, 2, 1, 3)
@@ -110,25 +108,23 @@ def _quantize_blocks_reference(x: torch.Tensor, mean: torch.Tensor | None, scale
     pad = _padded(length) - length
     xf = torch.nn.functional.pad(xf, (0, 0, 0, pad))
     blocks = xf.unflatten(2, (-1, block))
-    absmax = blocks.abs().amax(dim=(-1, -2)).clamp_min(MIN_ABSMAX)
-    # A tensor divisor: PyTorch's CUDA division by a Python scalar multiplies by its reciprocal (1 ulp off).
-    scale = absmax / torch.full_like(absmax, 127.0)
-    q = torch.round(blocks / scale[..., None, None]).clamp(-127, 127).to(torch.int8)
+    scale = absmax_scale(blocks.abs().amax(dim=(-1, -2)), torch.int8)
+    q = torch.round(blocks / scale[..., None, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return q.flatten(2, 3).contiguous(), (scale * scale_factor).contiguous()
 
 
 def _quantize_v_reference(v: torch.Tensor, v_scale: torch.Tensor, pv_dtype) -> torch.Tensor:
     """v [B, L, H, D] -> pv_dtype [B, H, D, Lpad] (transposed, zero padded)."""
     length = v.shape[1]
-    vt = (v.float().permute(0, 2, 3, 1) / v_scale[..., None]).clamp(-448.0, 448.0)
+    vt = (v.float().permute(0, 2, 3, 1) / v_scale[..., None]).clamp(-FP8_MAX, FP8_MAX)
     return torch.nn.functional.pad(vt, (0, _padded(length) - length)).to(pv_dtype).contiguous()
 
 
 def quantize_qkv_reference(q, k, v, pv_dtype=None, rotation_block: int = ROTATION_BLOCK):
     """The kernel's inputs, computed in PyTorch: (q8, q_scale, k8, k_scale, v8t, v_scale). rotation_block: channels
     per Hadamard block of Q and K (1: none; other values only to measure what the default gains)."""
-    q8, qs = _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotation_block), 1, rotation_block)
-    k8, ks = _quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK, rotation_block)
+    q8, qs = quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotation_block), 1, rotation_block)
+    k8, ks = quantize_blocks_reference(k, smoothing_mean(k), 1.0, QUANT_BLOCK, rotation_block)
     vs = v_channel_scales(v)
     return q8, qs, k8, ks, _quantize_v_reference(v, vs, pv_dtype or PV_DTYPE), vs
 
@@ -162,7 +158,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .act_quant import _round_to_e4m3_grid, divide
+    from .common import clamp_to_fp8_range, divide, int8_per_block, int8_per_row, round_to_e4m3_grid
     from .hadamard import hadamard_rows
 
     @triton.jit
@@ -177,20 +173,6 @@ try:
         x_ptrs = x_ptr + b.to(tl.int64) * stride_xb + rows[:, None].to(tl.int64) * stride_xl + h * stride_xh + cols[None, :]
         return rows, cols, valid, tl.load(x_ptrs, mask=valid, other=0.0).to(tl.float32)
 
-    # Divisions are IEEE-rounded (div_rn for the scales, act_quant.divide per element; Triton's `/` is approximate on
-    # the GPU), so the 8-bit values equal the PyTorch reference's bit for bit.
-    @triton.jit
-    def _round_to_int8(v):
-        """float32 v -> int8, rounding half to even as torch.round (adding 1.5 * 2^23), clamped to +-127."""
-        return tl.minimum(tl.maximum((v + 12582912.0) - 12582912.0, -127.0), 127.0).to(tl.int8)
-
-    @triton.jit
-    def _int8_per_row(x, INTERPRETED: tl.constexpr):
-        """Each row of float32 x [rows, D] as int8 with its absmax / 127 scale: (int8 [rows, D], scales [rows])."""
-        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12), 127.0)
-        reciprocal = tl.math.div_rn(1.0, scale)
-        return _round_to_int8(divide(x, scale[:, None], reciprocal[:, None], INTERPRETED)), scale
-
     @triton.jit
     def _quantize_qk_kernel(x_ptr, mean_ptr, q_ptr, s_ptr, length, heads, n_blocks, stride_xb, stride_xl, stride_xh,
                             scale_factor, HAS_MEAN: tl.constexpr, PER_ROW: tl.constexpr, ROTATION: tl.constexpr,
@@ -204,10 +186,9 @@ try:
         if ROTATION > 1:
             x = hadamard_rows(x, BLOCK, HEAD_DIM, ROTATION)
         if PER_ROW:
-            q, scale = _int8_per_row(x, INTERPRETED)
+            q, scale = int8_per_row(x, INTERPRETED)
         else:
-            scale = tl.math.div_rn(tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12), 127.0)
-            q = _round_to_int8(divide(x, scale, tl.math.div_rn(1.0, scale), INTERPRETED))
+            q, scale = int8_per_block(x, INTERPRETED)
         q_ptrs = q_ptr + pid_bh.to(tl.int64) * n_blocks * BLOCK * HEAD_DIM + rows[:, None] * HEAD_DIM + cols[None, :]
         tl.store(q_ptrs, q)
         if PER_ROW:
@@ -224,9 +205,9 @@ try:
                                            HEAD_DIM, BLOCK)
         scale = tl.load(scale_ptr + pid_bh * HEAD_DIM + cols)
         x = divide(x, scale[None, :], tl.math.div_rn(1.0, scale)[None, :], INTERPRETED)
-        x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+        x = clamp_to_fp8_range(x)
         if PV_FP8:
-            x = _round_to_e4m3_grid(x)
+            x = round_to_e4m3_grid(x)
         vt_ptrs = vt_ptr + pid_bh.to(tl.int64) * HEAD_DIM * padded_len + cols[None, :] * padded_len + rows[:, None]
         tl.store(vt_ptrs, x.to(vt_ptr.dtype.element_ty))
 
@@ -249,7 +230,7 @@ try:
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if ROUND_P and vt.dtype == tl.float8e4nv:  # the interpreter's fp8 cast truncates; the GPU's rounds like this
-            p = _round_to_e4m3_grid(p)
+            p = round_to_e4m3_grid(p)
         if SPLIT_ACC:
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), tl.trans(vt))
         else:
@@ -335,15 +316,12 @@ try:
         acc, l_i = _attend_keys(q, row_scale, desc_k, desc_v, ks_ptr, pid_bh, length_k, padded_k, BLOCK_M, BLOCK_N,
                                 HEAD_DIM, ROUND_P, SPLIT_ACC, True)
         _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh, HEAD_DIM)
-
-    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 except ImportError:
     triton = None
 
 
 def _check(q, k, v):
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
+    require_triton()
     if q.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"attention8: expected q [B, Lq, H, D], k/v [B, Lk, H, D]; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -351,14 +329,10 @@ def _check(q, k, v):
         raise ValueError(f"attention8 supports head dims 64 and 128, not {q.shape[-1]}")
 
 
-def _rows_contiguous(x):
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def quantize_qkv(q, k, v, pv_dtype=None, rotation_block: int = ROTATION_BLOCK):
     """Triton version of quantize_qkv_reference."""
     _check(q, k, v)
-    q = _rows_contiguous(q)
+    q = contiguous_rows(q)
     b, lq, h, d = q.shape
     pq = _padded(lq)
     q8 = torch.empty((b, h, pq, d), dtype=torch.int8, device=q.device)
@@ -374,7 +348,7 @@ def quantize_kv(k, v, pv_dtype=None, k_mean=None, rotation_block: int = ROTATION
     """quantize_qkv's K and V outputs (k8, k_scale, v8t, v_scale). k_mean: smoothing_mean(k) [B, H, D] float32 where
     the caller has it already (kernels/norm_rope.py's column sums), which saves a pass over K."""
     _check(k, k, v)
-    k, v = _rows_contiguous(k), _rows_contiguous(v)
+    k, v = contiguous_rows(k), contiguous_rows(v)
     b, lk, h, d = k.shape
     pk = _padded(lk)
     dev = k.device

@@ -6,10 +6,9 @@ orthogonal rotation of the channels leaves every score unchanged, since (q H)(k 
 block spreads each outlier over the block's channels, which brings the absmax down towards their RMS.
 
 Blocks are used rather than one transform over all D channels because the butterfly stages inside a thread's
-registers cost nothing, while those across threads go through shared memory. On the H200, with the 10x-outlier
-stress inputs of bench/attention.py at 32,760 tokens (bench/NOTES.md), 16-channel blocks
-(attention_8bit.ROTATION_BLOCK) take the attention's relative error from 5.1e-2 to 3.7e-2 at no measurable
-cost. Rotating all 128 channels gives 2.9e-2 but doubles the quantization time.
+registers cost nothing, while those across threads go through shared memory: on the 10x-outlier stress inputs of
+bench/attention.py, 16-channel blocks (attention_8bit.ROTATION_BLOCK) give most of the accuracy of rotating all 128
+channels at no measurable cost, where the full rotation doubles the quantization time.
 
 The rotation is the unnormalised Sylvester matrix (entries +-1), so scores come out `block` times larger;
 the factor 1/block is exact in float32 and is folded into Q's scale. Both implementations run the same

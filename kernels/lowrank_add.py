@@ -2,16 +2,15 @@
 
 out [M, N] with contiguous rows, h [M, R] (any row stride: a column slice of a shared projection), up [N, R];
 R is a LoRA rank (small). The work is one read and one write of `out`; the product is negligible. cuBLAS's
-addmm_ with K = R runs ~65% above that memory time on an H100 (0.40 ms vs 0.24 ms for a [32760, 5120] bf16
-output, 0.98 vs 0.62 ms for [32760, 13824]; bench/NOTES.md), so this kernel streams `out` tile by tile and
-adds the small product computed on the fly in float32.
+addmm_ with K = R runs well above that memory time, so this kernel streams `out` tile by tile and adds the small
+product computed on the fly in float32 (bench/lora.py times the side branch it serves).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .common import INTERPRET, require_triton
 
 
 def lowrank_add_reference(out: torch.Tensor, h: torch.Tensor, up: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -45,7 +44,6 @@ try:
         y = tl.load(o_ptrs, mask=mask, other=0.0).to(tl.float32) + alpha * acc
         tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
-    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
     _GPU_CONFIGS = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w)
         for bm, bn, w in [(64, 128, 4), (128, 64, 4), (64, 256, 8), (128, 128, 8), (32, 256, 4), (256, 64, 8)]
@@ -58,8 +56,7 @@ except ImportError:
 
 def lowrank_add_(out: torch.Tensor, h: torch.Tensor, up: torch.Tensor, alpha: float) -> torch.Tensor:
     """Triton version of lowrank_add_reference (out, h and up of one dtype; out's and up's rows contiguous)."""
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
+    require_triton()
     m, n = out.shape
     r = h.shape[1]
     if h.shape[0] != m or up.shape != (n, r) or out.stride(1) != 1 or h.stride(1) != 1 or up.stride(1) != 1:
@@ -67,7 +64,7 @@ def lowrank_add_(out: torch.Tensor, h: torch.Tensor, up: torch.Tensor, alpha: fl
                          "(or a last dimension is not contiguous)")
     block_r = max(16, min(64, triton.next_power_of_2(r)))
     args = (out, h, up, m, n, r, out.stride(0), h.stride(0), up.stride(0), float(alpha))
-    if _INTERPRET:
+    if INTERPRET:
         _lowrank_add_kernel[(triton.cdiv(m, 32), triton.cdiv(n, 32))](*args, BLOCK_M=32, BLOCK_N=32, BLOCK_R=block_r)
     else:
         _autotuned_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))](

@@ -12,16 +12,15 @@ value by one ulp.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
-from .act_quant import QMAX, quantize_per_token_reference
+from .act_quant import quantize_per_token_reference
+from .common import INTERPRET, QMAX, contiguous_rows, floor_power_of_2, require_triton
 
 # Whole rows are held in registers (Wan's widths: 1,536, 3,072, 5,120): up to ROW_ELEMENTS_PER_PROGRAM elements of
-# rows per program, ELEMENTS_PER_WARP per warp, up to MAX_WARPS. H200, 32,760 tokens (bench/NOTES.md, stop 19): 14B one
-# row and 4 warps 0.246 ms (modulated) / 0.250 (affine), 8 warps 0.308 / 0.289; 1.3B two rows and 4 warps 0.098 / 0.084.
+# rows per program, ELEMENTS_PER_WARP per warp, up to MAX_WARPS, the fastest rows and warps at Wan's widths
+# (bench/norm_quant.py's fused-rowsR-wN rows).
 MAX_WIDTH = 16384
 ROW_ELEMENTS_PER_PROGRAM = 4096
 ELEMENTS_PER_WARP = 512
@@ -39,22 +38,18 @@ def layer_norm_quantize_reference(x: torch.Tensor, qdtype: torch.dtype, eps: flo
     return quantize_per_token_reference(y.reshape(-1, x.shape[-1]), qdtype)
 
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
 try:
     import triton
     import triton.language as tl
 
-    from .act_quant import _quantize_values
+    from .common import quantize_values, round_to_bf16, scale_from_absmax
 
     @triton.jit
     def _rounded(v, OUT: tl.constexpr, INTERPRETED: tl.constexpr):
         """float32 v rounded to OUT (nearest, ties to even), as float32. The interpreter's cast to bfloat16 truncates,
         so there the rounding is done on the bits."""
         if INTERPRETED and OUT == tl.bfloat16:
-            bits = v.to(tl.int32, bitcast=True)
-            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-            return bits.to(tl.float32, bitcast=True)
+            return round_to_bf16(v)
         return v.to(OUT).to(tl.float32)
 
     @triton.jit
@@ -105,21 +100,17 @@ try:
                              stride_shift, stride_scale, AFFINE, MODULATE, x_ptr.dtype.element_ty, INTERPRETED)
         y_tail = _normalized(c_tail, rstd, batch[:, None], tail, tail < D, w_ptr, b_ptr, shift_ptr, scale_ptr,
                              stride_shift, stride_scale, AFFINE, MODULATE, x_ptr.dtype.element_ty, INTERPRETED)
-        absmax = tl.maximum(tl.maximum(tl.max(tl.abs(y_head), axis=1), tl.max(tl.abs(y_tail), axis=1)), 1e-12)
-        scale = tl.math.div_rn(absmax, QMAX_C)
+        scale = scale_from_absmax(tl.maximum(tl.max(tl.abs(y_head), axis=1), tl.max(tl.abs(y_tail), axis=1)), QMAX_C)
         tl.store(s_ptr + rows, scale, mask=rows < M)
         reciprocal = tl.math.div_rn(1.0, scale)[:, None]
         q_rows = q_ptr + rows64[:, None] * D
-        q = _quantize_values(y_head, scale[:, None], reciprocal, QMAX_C, IS_INT8, INTERPRETED)
+        q = quantize_values(y_head, scale[:, None], reciprocal, QMAX_C, IS_INT8, INTERPRETED)
         tl.store(q_rows + head, q.to(q_ptr.dtype.element_ty), mask=head_mask)
-        q = _quantize_values(y_tail, scale[:, None], reciprocal, QMAX_C, IS_INT8, INTERPRETED)
+        q = quantize_values(y_tail, scale[:, None], reciprocal, QMAX_C, IS_INT8, INTERPRETED)
         tl.store(q_rows + tail, q.to(q_ptr.dtype.element_ty), mask=tail_mask)
 
 except ImportError:
     triton = None
-
-def _floor_power_of_2(n: int) -> int:
-    return 1 << (n.bit_length() - 1)
 
 
 def _batch_stride(t: torch.Tensor | None, batches: int) -> int:
@@ -135,28 +126,25 @@ def layer_norm_quantize(x: torch.Tensor, qdtype: torch.dtype, eps: float, weight
     """Triton version of layer_norm_quantize_reference. x [B, L, D] (D <= MAX_WIDTH) with a contiguous last dim (any
     batch and token strides, so a token slice of a batch needs no copy); weight/bias [D] or shift/scale [B or 1, 1, D],
     or neither. rows, warps: rows and warps per program (benchmarks; default by width)."""
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
+    require_triton()
     if (weight is None) != (bias is None) or (shift is None) != (scale is None):
         raise ValueError("give weight with bias and shift with scale")
     batches, length, dim = x.shape
     if dim > MAX_WIDTH:
         raise ValueError(f"rows of {dim} are wider than the kernel holds in registers ({MAX_WIDTH})")
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    shift, scale = (None, None) if scale is None else (shift.contiguous() if shift.stride(-1) != 1 else shift,
-                                                       scale.contiguous() if scale.stride(-1) != 1 else scale)
+    x = contiguous_rows(x)
+    shift, scale = (None, None) if scale is None else (contiguous_rows(shift), contiguous_rows(scale))
     count = batches * length
     q = torch.empty((count, dim), dtype=qdtype, device=x.device)
     scales = torch.empty((count, 1), dtype=torch.float32, device=x.device)
-    head = _floor_power_of_2(dim)
+    head = floor_power_of_2(dim)
     tail = max(16, triton.next_power_of_2(dim - head))
-    rows = rows or _floor_power_of_2(max(1, min(16, ROW_ELEMENTS_PER_PROGRAM // (head + tail))))
-    warps = warps or _floor_power_of_2(max(1, min(MAX_WARPS, rows * (head + tail) // ELEMENTS_PER_WARP)))
+    rows = rows or floor_power_of_2(max(1, min(16, ROW_ELEMENTS_PER_PROGRAM // (head + tail))))
+    warps = warps or floor_power_of_2(max(1, min(MAX_WARPS, rows * (head + tail) // ELEMENTS_PER_WARP)))
     _norm_quant_kernel[(triton.cdiv(count, rows),)](
         x, x if weight is None else weight, x if bias is None else bias, x if shift is None else shift,
         x if scale is None else scale, q, scales, count, length, dim, x.stride(0), x.stride(1),
         _batch_stride(shift, batches), _batch_stride(scale, batches), float(eps), AFFINE=weight is not None,
-        MODULATE=scale is not None, QMAX_C=QMAX[qdtype], IS_INT8=qdtype == torch.int8, INTERPRETED=_INTERPRET,
+        MODULATE=scale is not None, QMAX_C=QMAX[qdtype], IS_INT8=qdtype == torch.int8, INTERPRETED=INTERPRET,
         ROWS=rows, HEAD=head, TAIL=tail, num_warps=warps)
     return q, scales

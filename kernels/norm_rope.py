@@ -7,8 +7,8 @@ adjacent pairs, model.apply_rope):
   and the weight product in float32, rounded once to x's dtype (the weight is in x's dtype).
 - RoPE on that rounded value in float32: (even, odd) -> (even cos - odd sin, even sin + odd cos), rounded to
   x's dtype. `rotations` is model.rope_tables' [L, head_dim / 2, 2] float32 (cos, sin).
-The unfused eager path makes several passes over float32 temporaries; inductor fuses it into kernels that were
-measured at ~2.7x this kernel's bandwidth floor (issue 9).
+The unfused eager path makes several passes over float32 temporaries; inductor's fusion of it is slower than this
+kernel (bench/norm_rope.py).
 
 Two more modes feed the 8-bit attention kernel (kernels/attention_8bit.py) directly:
 - `rms_norm_rope_int8` (queries): attention8's Hadamard-rotated int8 Q [B, H, Lpad, D] with per-token scales
@@ -23,19 +23,15 @@ heads (40 = 32 + 8) x head_dim, so no work goes to padding heads.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .attention_8bit import (QUANT_BLOCK, ROTATION_BLOCK, _padded, _quantize_blocks_reference, q_scale_factor,
-                             rotation_channels)
-from .norm_quant import _floor_power_of_2
+from .attention_8bit import QUANT_BLOCK, ROTATION_BLOCK, q_scale_factor, quantize_blocks_reference, rotation_channels
+from .common import INTERPRET, contiguous_rows, floor_power_of_2, require_triton, round_up
 
 
 # Default warps per program, by mode (0: bf16 out, 1: int8 Q, 2: K + column sums): one per this many elements of the
-# token row (heads padded to a power of 2), clamped to [MIN_WARPS, MAX_WARPS[mode]]. H200, 32,760 tokens, ms per call
-# (bench/NOTES.md, stop 19): 14B bf16 0.188 (8 warps), int8 Q 0.264 (2), K + sums 0.313 (8); 1.3B 0.061 (2), 0.108 (2),
-# 0.205 (4).
+# token row (heads padded to a power of 2), clamped to [MIN_WARPS, MAX_WARPS[mode]]: the fastest warps per mode at
+# Wan's widths (bench/norm_rope.py's -wN rows).
 ELEMENTS_PER_WARP = {0: 1024, 1: 4096, 2: 512}
 MIN_WARPS = 2
 MAX_WARPS = {0: 16, 1: 16, 2: 8}
@@ -56,15 +52,14 @@ def rms_norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rotations: to
 def rms_norm_rope_int8_reference(x, weight, rotations, heads, eps, rotation_block: int = ROTATION_BLOCK):
     """(int8 Q [B, H, Lpad, D], scales [B, H, Lpad] x q_scale_factor): quantize_qkv_reference's Q part."""
     q = rms_norm_rope_reference(x, weight, rotations, heads, eps)
-    return _quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotation_block), 1, rotation_block)
+    return quantize_blocks_reference(q, None, q_scale_factor(q.shape[-1], rotation_block), 1, rotation_block)
 
 
 def rms_norm_rope_column_sums_reference(x, weight, rotations, heads, eps, block: int = QUANT_BLOCK):
     """(rms_norm_rope output k [B, L, H, D], column sums of k over each block of tokens [B, H, Lpad / block, D])."""
     k = rms_norm_rope_reference(x, weight, rotations, heads, eps)
     length = k.shape[1]
-    padded = -(-length // block) * block
-    kf = torch.nn.functional.pad(k.float().permute(0, 2, 1, 3), (0, 0, 0, padded - length))
+    kf = torch.nn.functional.pad(k.float().permute(0, 2, 1, 3), (0, 0, 0, round_up(length, block) - length))
     return k, kf.unflatten(2, (-1, block)).sum(dim=3)
 
 
@@ -72,20 +67,13 @@ try:
     import triton
     import triton.language as tl
 
-    from .attention_8bit import _int8_per_row
+    from .common import int8_per_row, round_to_bf16
     from .hadamard import hadamard_rows
-
-    @triton.jit
-    def _round_to_bf16(x):
-        """float32 -> the nearest bfloat16 value (ties to even), still float32: the interpreter's cast truncates."""
-        bits = x.to(tl.int32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-        return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
     def _to_dtype(x, dtype: tl.constexpr, ROUND_BF16: tl.constexpr):
         if ROUND_BF16:
-            x = _round_to_bf16(x)
+            x = round_to_bf16(x)
         return x.to(dtype)
 
     @triton.jit
@@ -104,7 +92,7 @@ try:
         """Writes one head group's y [NH, DIM_P2] of a token (heads hs [NH, 1]): [B, L, H, D] (MODE 0, 2) or the int8 Q."""
         if MODE == 1:
             # quantize_qkv's Q quantization: rotated, one scale per token and head
-            q, scale = _int8_per_row(hadamard_rows(y.to(tl.float32), NH, DIM_P2, ROTATION), INTERPRETED)
+            q, scale = int8_per_row(hadamard_rows(y.to(tl.float32), NH, DIM_P2, ROTATION), INTERPRETED)
             head_rows = (b * heads + hs) * padded_len + token  # [NH, 1]
             tl.store(q8_ptr + head_rows * HEAD_DIM + ds, q, mask=in_row)
             tl.store(scale_ptr + tl.reshape(head_rows, [NH]), scale * scale_factor, mask=tl.reshape(hs, [NH]) < heads)
@@ -158,16 +146,13 @@ try:
             n_blocks = tl.num_programs(0)
             tl.store(sums_ptr + ((b * heads + hs_a) * n_blocks + pid) * HEAD_DIM + ds, sums_a, mask=in_a)
             tl.store(sums_ptr + ((b * heads + hs_b) * n_blocks + pid) * HEAD_DIM + ds, sums_b, mask=in_b)
-
-    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 except ImportError:
     triton = None
 
 
 def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=None, scales=None, sums=None,
             scale_factor=1.0, padded_len=0, rotation_block=1, warps=None):
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
+    require_triton()
     b, length, dim = x.shape
     head_dim = dim // heads
     if dim % heads or head_dim % 2:
@@ -176,10 +161,10 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
         raise ValueError(f"rms_norm_rope: rotations must be [{length}, {head_dim // 2}, 2], got {tuple(rotations.shape)}")
     if weight.shape != (dim,) or weight.dtype != x.dtype:
         raise ValueError(f"rms_norm_rope: weight must be [{dim}] in {x.dtype}, got {tuple(weight.shape)} {weight.dtype}")
-    x = x if x.stride(-1) == 1 else x.contiguous()
+    x = contiguous_rows(x)
     rotations = rotations.float().contiguous()
     out = out if out is not None else x  # a placeholder pointer where the mode writes no [B, L, H, D] tensor
-    heads_head, dim_p2 = _floor_power_of_2(heads), triton.next_power_of_2(head_dim)
+    heads_head, dim_p2 = floor_power_of_2(heads), triton.next_power_of_2(head_dim)
     heads_tail = triton.next_power_of_2(max(1, heads - heads_head))  # masked off where heads is a power of 2
     if warps is None:
         warps = max(MIN_WARPS, min(MAX_WARPS[mode], triton.next_power_of_2(heads) * dim_p2 // ELEMENTS_PER_WARP[mode]))
@@ -188,8 +173,8 @@ def _launch(mode, x, weight, rotations, heads, eps, rows, tokens, out=None, q8=N
         sums if sums is not None else x, length, heads, dim, x.stride(0), x.stride(1),
         out.stride(0), out.stride(1), float(eps), float(scale_factor), padded_len, MODE=mode, HEAD_DIM=head_dim,
         HEADS_HEAD=heads_head, HEADS_TAIL=heads_tail, DIM_P2=dim_p2, ROWS=rows,
-        ROUND_BF16=_INTERPRET and x.dtype == torch.bfloat16, ROTATION=rotation_channels(dim_p2, rotation_block),
-        INTERPRETED=_INTERPRET, num_warps=warps)
+        ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16, ROTATION=rotation_channels(dim_p2, rotation_block),
+        INTERPRETED=INTERPRET, num_warps=warps)
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, heads: int, eps: float,
@@ -205,7 +190,7 @@ def rms_norm_rope_int8(x, weight, rotations, heads, eps, rows: int = 1, rotation
                        warps: int | None = None):
     """Triton version of rms_norm_rope_int8_reference: (int8 [B, H, Lpad, D], scales [B, H, Lpad] float32)."""
     b, length, dim = x.shape
-    padded = _padded(length)
+    padded = round_up(length, QUANT_BLOCK)
     head_dim = dim // heads
     if head_dim not in (64, 128):
         raise ValueError(f"rms_norm_rope_int8: attention8 takes head dims 64 and 128, not {head_dim}")

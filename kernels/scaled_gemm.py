@@ -6,23 +6,21 @@ in its stored [N, K] layout (K contiguous), which is the K-major operand the ten
 transposed copy is ever made. Fusing the epilogue saves the int32/fp32 [M, N] round trip through memory
 that `torch._int_mm` + a separate scale pass costs.
 
-Two kernels: for fp8 on Hopper and newer a persistent one with TMA descriptor loads (one program per SM;
-5-19% faster at the 14B attention shape, -1% to +11% at the FFN shapes, depending on the H100), elsewhere
-(int8, rows that are not 16-byte multiples, older GPUs) one with pointer loads.
+Two kernels: for fp8 on Hopper and newer a persistent one with TMA descriptor loads (one program per SM; faster at
+the 14B shapes, bench/quant_linear.py), elsewhere (int8, rows that are not 16-byte multiples, older GPUs) one with
+pointer loads.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from .common import INTERPRET, require_triton
 
-# fp8: let the tensor cores accumulate all of K (no float32 promotion per K-tile). Measured on an H100
-# (bench/quant_linear.py, 2026-11-24): promotion costs 28% of the block's fp8 GEMM time (0.94x bf16 instead
-# of 1.31x), while the fast mode's error, <= 1e-3 of sum|x_k w_k| (relative norm error 2-3e-3 at K = 5120
-# and 13824), is bit-identical to cuBLAS's own use_fast_accum=True and >10x below the error fp8 activation
-# quantization already makes (cosine vs bf16 0.99930 in both modes).
+
+# fp8: let the tensor cores accumulate all of K (no float32 promotion per K-tile). Promotion costs over a quarter of the
+# fp8 GEMM's time, while the fast mode's error, <= 1e-3 of sum|x_k w_k|, equals cuBLAS's own use_fast_accum=True and is
+# >10x below the error fp8 activation quantization already makes (bench/quant_linear.py).
 FP8_PROMOTE_DEFAULT = False
 
 
@@ -122,7 +120,6 @@ try:
             _epilogue(acc, out_ptr, sa_ptr, sb_ptr, bias_ptr, pid_m, pid_n, M, N, stride_om, stride_on, HAS_BIAS,
                       BLOCK_M, BLOCK_N)
 
-    _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
     # Large tiles for the GPU (chosen per shape by the autotuner); small fixed tiles for the CPU interpreter.
     _GPU_CONFIGS = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
@@ -143,15 +140,14 @@ except ImportError:
 
 
 # The TMA kernel's tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the best or within 4% of the best of an H100
-# sweep at every 14B shape (32,760 tokens; bench/NOTES.md). Two H100s, TMA vs pointer kernel: 5120x5120 1.26 / 1.40 ms
-# vs 1.56 / 1.47, ffn.0 3.75 / 3.77 vs 3.91 / 3.97, ffn.2 3.51 / 3.78 vs 3.94 / 3.74.
+# sweep at every 14B shape (32,760 tokens; bench/quant_linear.py --tma-tiles).
 TMA_TILES = (128, 256, 128, 8, 4)
 
 
 def _tma_applies(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
     """fp8 in, 16-bit out (TMA_TILES with a float32 output tile exceed shared memory), Hopper or newer, rows of
     16-byte multiples, unit column strides. (int8 keeps the pointer kernel: its TMA variant was not measured.)"""
-    return (TensorDescriptor is not None and not _INTERPRET and xq.is_cuda and xq.dtype == torch.float8_e4m3fn
+    return (TensorDescriptor is not None and not INTERPRET and xq.is_cuda and xq.dtype == torch.float8_e4m3fn
             and out_dtype in (torch.bfloat16, torch.float16)
             and torch.cuda.get_device_capability(xq.device) >= (9, 0) and xq.shape[1] % 16 == 0
             and xq.stride(1) == 1 and wq.stride(1) == 1 and xq.stride(0) % 16 == 0 and wq.stride(0) % 16 == 0)
@@ -181,8 +177,7 @@ def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote
     tiles: a fixed (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) instead of the autotuner's choice (tests
     check the kernel's logic at a few tile shapes without compiling every candidate for every shape).
     """
-    if triton is None:
-        raise RuntimeError("Triton is not installed")
+    require_triton()
     m, k = xq.shape
     n = wq.shape[0]
     if wq.shape[1] != k or wq.dtype != xq.dtype:
@@ -193,7 +188,7 @@ def scaled_gemm(xq, sx, wq, sw, bias=None, out_dtype=torch.bfloat16, fp8_promote
     args = (xq, wq, out, sx, sw, bias if bias is not None else sx, m, n, k,
             xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), out.stride(0), out.stride(1))
     flags = {"HAS_BIAS": bias is not None, "IS_INT8": xq.dtype == torch.int8, "FP8_PROMOTE": FP8_PROMOTE_DEFAULT if fp8_promote is None else bool(fp8_promote)}
-    if _INTERPRET and tiles is None:
+    if INTERPRET and tiles is None:
         tiles = (16, 32, 32, 4, 1)
     if _tma_applies(xq, wq, out_dtype) if tma is None else tma:
         _launch_tma(xq, wq, out, sx, sw, bias, flags, tiles)

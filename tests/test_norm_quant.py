@@ -9,19 +9,18 @@ wan/norm_quant.py) and its integration.
   modulated with batch 2 and a shared batch-1 modulation; a strided token slice; widths that are and are not a sum
   of two powers of 2; programs with rows past the end): equal bit for bit there (the interpreter adds the sums in the reference's order).
   A whole tiny DiT with fp8 and int8 linears, fused path forced on (whole sequence, token-chunked, torch.compile'd
-  with aot_eager) vs the unfused forward: relative error <= 1e-2 (the DESIGN.md bf16 bound; measured 0), and the
-  fused kernel runs 3 times per block.
+  with aot_eager) vs the unfused forward: relative error <= 1e-2 (the bf16 bound of the other model tests; measured
+  0), and the fused kernel runs 3 times per block.
 GPU tests (skipped without CUDA) repeat the kernel checks at full width (5,120 and 1,536 x 32,760 tokens), where the
 sums' order may move a 16-bit value by one ulp: see assert_close_8bit.
 """
-
-import textwrap
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernel_checks import layer_norm_inputs as inputs
 from triton_interpreter import run_in_triton_interpreter
 from lightx2v_nodes.quant import QuantLinear
 from lightx2v_nodes.kernel_loader import load_kernels
@@ -30,18 +29,6 @@ from lightx2v_nodes.wan import norm_quant
 
 kernels = load_kernels()
 QDTYPES = [torch.float8_e4m3fn, torch.int8]
-
-
-def inputs(batch, length, dim, dtype, device="cpu", seed=0):
-    """A residual stream [B, L, D] with an offset, a spread and one outlier channel like a trained DiT's; an affine
-    norm's weight and bias; a modulation [B, 6, D] whose first two rows are shift and scale."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    x = torch.randn(batch, length, dim, generator=gen, device=device) * 3 + 0.5
-    x[..., 3] *= 50
-    weight = torch.randn(dim, generator=gen, device=device) * 0.3 + 1.0
-    bias = torch.randn(dim, generator=gen, device=device) * 0.1
-    mod = torch.randn(batch, 6, dim, generator=gen, device=device) * 0.2
-    return x.to(dtype), weight.to(dtype), bias.to(dtype), mod.to(dtype)
 
 
 @pytest.mark.parametrize("qdtype", QDTYPES)
@@ -117,81 +104,8 @@ def test_prequantized_input_is_the_layers_own_quantization(fmt):
         layer(QuantizedActivation(*other, y.shape, y.dtype))
 
 
-INTERPRETER_CHECKS = textwrap.dedent("""
-    import sys
-    import torch
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, ROOT + "/tests")
-    from test_norm_quant import inputs
-    from lightx2v_nodes.quant.dit import quantize_dit_
-    from lightx2v_nodes.kernel_loader import load_kernels
-    kernels = load_kernels()
-    from lightx2v_nodes.wan import compile as wan_compile, norm_quant, synthetic
-    from lightx2v_nodes.wan.model import WanDiT
-
-    def check(got, want):
-        assert got[0].dtype == want[0].dtype and got[1].shape == want[1].shape
-        assert torch.equal(got[0].float(), want[0].float()) and torch.equal(got[1], want[1])
-
-    # (rows per program: None = by width; 4 with 5 rows leaves the last program's rows partly past the end)
-    for batch, length, dim, dtype, rows in [(2, 7, 64, torch.bfloat16, None), (1, 5, 200, torch.bfloat16, 4),
-                                            (2, 3, 96, torch.float16, None), (2, 4, 160, torch.float16, 1)]:
-        x, weight, bias, mod = inputs(batch, length, dim, dtype)
-        for qdtype in (torch.float8_e4m3fn, torch.int8):
-            for kw in ({}, dict(weight=weight, bias=bias), dict(shift=mod[:, 0:1], scale=mod[:, 1:2]),
-                       dict(shift=mod[:1, 2:3], scale=mod[:1, 3:4])):
-                check(kernels.layer_norm_quantize(x, qdtype, 1e-6, **kw, rows=rows),
-                      kernels.layer_norm_quantize_reference(x, qdtype, 1e-6, **kw))
-        sliced = x[:, 1:length - 1]  # a token slice of a batch: strided rows
-        check(kernels.layer_norm_quantize(sliced, torch.int8, 1e-6, shift=mod[:, 0:1], scale=mod[:, 1:2], rows=rows),
-              kernels.layer_norm_quantize_reference(sliced, torch.int8, 1e-6, shift=mod[:, 0:1], scale=mod[:, 1:2]))
-
-    cfg = synthetic.tiny_config("t2v", dim=256, layers=2)
-    x = torch.randn(1, 16, 3, 8, 8, dtype=torch.bfloat16)
-    t = torch.tensor([500.0])
-    context = torch.randn(1, 24, cfg.text_dim, dtype=torch.bfloat16)
-    calls = {"fused": 0}
-    fused = kernels.layer_norm_quantize
-    def counted(*args, **kwargs):
-        calls["fused"] += 1
-        return fused(*args, **kwargs)
-    kernels.layer_norm_quantize = counted
-
-    def rel(a, b):
-        return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-    for fmt in ("fp8", "int8"):
-        with torch.device("meta"):
-            model = WanDiT(**cfg.unet_config(), dtype=torch.bfloat16)
-        state = synthetic.random_state_dict(cfg)
-        model.load_state_dict({k: v if k.startswith("patch_embedding") else v.bfloat16() for k, v in state.items()},
-                              assign=True)
-        quantize_dit_(model, fmt)
-
-        def forward(force, chunk=None):
-            norm_quant._runs_here = (lambda x: True) if force else (lambda x: False)
-            for block in model.blocks:
-                block.token_chunk = chunk
-            with torch.inference_mode():
-                return model(x, t, context)
-
-        calls["fused"] = 0
-        want = forward(False)
-        assert calls["fused"] == 0
-        assert rel(forward(True), want) <= 1e-2
-        assert calls["fused"] == 2 * 3, calls  # 2 blocks x (self-attention, cross-attention, FFN inputs)
-        assert rel(forward(True, 20), want) <= 1e-2
-        phases = wan_compile.compile_blocks(model, wan_compile.CompileSettings(backend="aot_eager"))
-        compiled = forward(True)
-        assert not phases.failed and rel(compiled, want) <= 1e-2
-        wan_compile.CompiledPhases.remove(model)
-        print(fmt, "tiny DiT rel errors", rel(forward(True), want), rel(forward(True, 20), want), rel(compiled, want))
-    print("norm_quant matches")
-""")
-
-
 def test_kernel_in_triton_interpreter():
-    assert "norm_quant matches" in run_in_triton_interpreter(INTERPRETER_CHECKS)
+    run_in_triton_interpreter("check_layer_norm_quantize")
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -14,13 +14,11 @@ import re
 import torch
 
 from ..errors import LightX2VError
+from ..kernel_loader import load_kernels
 
 FORMATS = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
-QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 QUANTIZED_DTYPES = (torch.int8, *FP8_DTYPES)
-# A row of zeros gets this absmax so its scale is not 0 (W / 0 would be NaN); its q is 0 either way.
-MIN_ABSMAX = 1e-12
 
 # Only these 2-D block weights are ever quantized; everything else stays in the compute dtype.
 BLOCK_LINEAR = re.compile(
@@ -42,19 +40,9 @@ def format_of_dtype(dtype: torch.dtype) -> str:
 
 
 def quantize_weight(weight: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-channel symmetric quantization: (q [out, in], scale [out, 1] float32).
-
-    int8: scale = absmax_row / 127, q = clamp(round(W / scale), -128, 127).
-    fp8:  scale = absmax_row / 448, q = fp8(clamp(W / scale, -448, 448)) (round to nearest even).
-    """
-    qdtype = FORMATS[fmt]
-    qmax = QMAX[qdtype]
-    w = weight.float()
-    scale = w.abs().amax(dim=1, keepdim=True).clamp_min(MIN_ABSMAX) / qmax
-    scaled = w / scale
-    if qdtype == torch.int8:
-        return torch.round(scaled).clamp(-128, 127).to(torch.int8), scale
-    return scaled.clamp(-qmax, qmax).to(qdtype), scale
+    """Per-output-channel symmetric quantization, kernels/common.py's formula (absmax / 127 for int8, / 448 for fp8):
+    (q [out, in], scale [out, 1] float32)."""
+    return load_kernels().quantize_rows(weight, FORMATS[fmt])
 
 
 def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -14,8 +14,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from ..kernel_loader import load_kernels
 from .backends import compiled_gemm, compiled_linear, dispatch
-from .formats import FORMATS, QMAX, format_of_dtype, quantize_weight
+from .formats import FORMATS, format_of_dtype, quantize_weight
 
 MODES = ("w8a8", "weight_only")
 _PATCHED_SCALE = "_lightx2v_scale"
@@ -136,7 +137,7 @@ class QuantLinear(nn.Module):
         kept and out-of-range values clamp; otherwise the weight is requantized with fresh scales.
         """
         if return_weight or inplace_update:
-            q = _quantize_with_scale(weight, self.current_scale().to(weight.device), self.weight.dtype)
+            q = load_kernels().quantize_with_scale(weight, self.current_scale().to(weight.device), self.weight.dtype)
             if return_weight:
                 return q
             self.weight.data.copy_(q)
@@ -163,11 +164,3 @@ class QuantLinear(nn.Module):
 def _is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     return bool(compiler and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
-def _quantize_with_scale(weight: torch.Tensor, scale: torch.Tensor, qdtype: torch.dtype) -> torch.Tensor:
-    scaled = weight.float() / scale.float()
-    if qdtype == torch.int8:
-        return torch.round(scaled).clamp(-128, 127).to(torch.int8)
-    qmax = QMAX[qdtype]
-    return scaled.clamp(-qmax, qmax).to(qdtype)

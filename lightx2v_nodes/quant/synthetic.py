@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import torch
 
+from ..kernel_loader import load_kernels
 from .formats import COMFY_MARKER, COMFY_SCALE_SUFFIX, is_block_linear, quantize_state_dict
 
 LAYOUTS = ("lightx2v", "comfy_scaled_fp8", "plain_fp8")
+_kernels = load_kernels()
 
 
 def _linear_weights(state_dict):
@@ -26,8 +28,8 @@ def as_comfy_scaled_fp8(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
     out = dict(state_dict)
     for key in _linear_weights(state_dict):
         w = state_dict[key].float()
-        scale = w.abs().amax().clamp_min(1e-12) / 448.0
-        out[key] = (w / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+        scale = _kernels.absmax_scale(w.abs().amax(), torch.float8_e4m3fn)
+        out[key] = _kernels.quantize_with_scale(w, scale, torch.float8_e4m3fn)
         module = key[: -len(".weight")]
         out[module + COMFY_SCALE_SUFFIX] = scale.reshape(())
         if module + ".bias" in state_dict:
@@ -40,7 +42,7 @@ def as_plain_fp8(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     out = dict(state_dict)
     for key in _linear_weights(state_dict):
         if is_block_linear(key[: -len(".weight")]):
-            out[key] = state_dict[key].float().clamp(-448, 448).to(torch.float8_e4m3fn)
+            out[key] = state_dict[key].float().clamp(-_kernels.FP8_MAX, _kernels.FP8_MAX).to(torch.float8_e4m3fn)
     return out
 
 
