@@ -1,12 +1,21 @@
-"""Test session setup: the real ComfyUI in-process (see comfy_env.py), nodes loaded once."""
+"""Test session setup. The modules in comfy_env.COMFYUI_FREE_TESTS run without ComfyUI; every other module gets the
+real ComfyUI booted in-process (comfy_env.bootstrap) before pytest imports it, and its nodes loaded once."""
 
 import pathlib
+import sys
 
 import pytest
 
-from comfy_env import COMFY_DIR, ROOT, bootstrap  # noqa: F401  (re-exported for tests)
+from comfy_env import COMFY_DIR, COMFYUI_FREE_TESTS, ROOT, bootstrap  # noqa: F401  (re-exported for tests)
 
-BASE_DIR, PACK_LINK = bootstrap()
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the pack's packages; bootstrap() puts ComfyUI's folder before it
+
+
+def pytest_collectstart(collector):
+    """Boot ComfyUI before a module that needs it is imported (it may import ComfyUI at its top)."""
+    if isinstance(collector, pytest.Module) and collector.path.name not in COMFYUI_FREE_TESTS:
+        bootstrap()
 
 
 @pytest.fixture(scope="session")
@@ -14,11 +23,13 @@ def comfy_nodes():
     """ComfyUI's node registry with the built-in nodes and this pack loaded (once per session)."""
     from harness import load_all_nodes
 
-    return load_all_nodes(PACK_LINK)
+    _, pack_link = bootstrap()
+    return load_all_nodes(pack_link)
 
 
 @pytest.fixture(scope="session")
 def models_dir():
+    bootstrap()
     import folder_paths
 
     return pathlib.Path(folder_paths.models_dir)

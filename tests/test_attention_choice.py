@@ -1,17 +1,16 @@
 """The attention decision (wan.attention.choose_attention): made once from the user's choice, the device's capability,
-the compute dtype and the installed packages; the model runs what it decided and the loader's log says what runs.
+the compute dtype and the installed packages. (That the loader's model runs it and its log names it is checked in
+test_loader_workflow.py, with ComfyUI.)
 
 A CUDA device is stood in for by its capability (torch.cuda.get_device_capability patched), so the GPU rules are
 checked on any machine; no kernel runs in those checks.
 """
 
-import logging
-
 import pytest
 import torch
 
 from lightx2v_nodes.errors import LightX2VError
-from lightx2v_nodes.wan import attention, synthetic
+from lightx2v_nodes.wan import attention
 from lightx2v_nodes.wan.attention import BACKENDS, choose_attention
 
 
@@ -95,46 +94,3 @@ def test_every_choice_the_loader_offers_resolves_on_the_cpu():
         if name == "lightx2v-int8" and not attention._installed("triton"):
             continue
         assert choose_attention(name, torch.device("cpu"), torch.float32).name == "sdpa", name
-
-
-@pytest.fixture(scope="module")
-def tiny_file(models_dir):
-    cfg = synthetic.tiny_config("t2v")
-    name = "test_attention_choice_t2v.safetensors"
-    synthetic.write_checkpoint(synthetic.random_state_dict(cfg, seed=3), str(models_dir / "diffusion_models" / name),
-                               "comfy", "fp32")
-    return name
-
-
-def loaded(comfy_nodes, caplog, name, dtype, attention_choice):
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="lightx2v_nodes"):
-        model = comfy_nodes["LightX2VLoadWanDiT"]().execute(model_name=name, dtype=dtype, attention=attention_choice)[0]
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LightX2V: loaded")]
-    assert len(lines) == 1, lines  # logged once
-    return model.model.diffusion_model, lines[0]
-
-
-def test_loader_log_names_the_backend_that_runs(comfy_nodes, caplog, tiny_file):
-    pytest.importorskip("triton")
-    import comfy.model_management
-
-    device = comfy.model_management.get_torch_device()
-    dit, line = loaded(comfy_nodes, caplog, tiny_file, "bf16", "lightx2v-int8")
-    want = choose_attention("lightx2v-int8", device, torch.bfloat16)
-    assert dit.attention.name == want.name and f"attention {want.description}," in line
-    if device.type == "cpu":
-        assert "attention sdpa instead of the requested lightx2v-int8" in line
-    assert all(block.self_attn.attend is dit.attention.call for block in dit.blocks)
-
-    dit, line = loaded(comfy_nodes, caplog, tiny_file, "fp32", "auto")
-    assert dit.attention.name == "sdpa" and "attention sdpa (auto: exact attention for fp32 compute)," in line
-
-
-def test_loader_refuses_an_unknown_backend_before_reading_the_file(comfy_nodes, models_dir):
-    from harness import raises_lightx2v_error
-
-    (models_dir / "diffusion_models" / "test_attention_choice_unread.safetensors").write_bytes(b"not read")
-    with raises_lightx2v_error("unknown attention 'xformers-magic': choose one of auto, "):
-        comfy_nodes["LightX2VLoadWanDiT"]().execute(model_name="test_attention_choice_unread.safetensors",
-                                                    dtype="auto", attention="xformers-magic")

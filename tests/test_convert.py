@@ -1,4 +1,4 @@
-"""The converter: CLI and node, every source layout, per-block output, LoRA merge, overwrite and bad input."""
+"""The converter (CLI and pipeline; its node is tested in test_loader_workflow.py): every source layout, per-block output, LoRA merge, overwrite and bad input."""
 
 import json
 import os
@@ -6,7 +6,6 @@ import os
 import pytest
 import torch
 
-from harness import run_prompt
 from lightx2v_nodes import convert as cli
 from lightx2v_nodes.errors import LightX2VError
 from lightx2v_nodes.lora.synthetic import make_lora, write_lora
@@ -110,20 +109,3 @@ def test_bad_sources(tmp_path, float_sd, capsys):
     assert not os.path.exists(tmp_path / "again.safetensors")
     with pytest.raises(LightX2VError, match="must end in .safetensors"):
         convert_checkpoint(quantized, str(tmp_path / "model.bin"), "int8")
-
-
-def test_convert_node_then_load(comfy_nodes, models_dir, float_sd):
-    synthetic.write_checkpoint(float_sd, str(models_dir / "diffusion_models" / "convert_src.safetensors"), "comfy", "bf16")
-    node = {"class_type": "LightX2VConvertWanDiT", "inputs": {
-        "model_name": "convert_src.safetensors", "format": "int8", "output_name": "", "lora_name": "none",
-        "lora_strength": 1.0, "save_by_block": False, "overwrite": False}}
-    result = run_prompt({"1": node})
-    name = result.output("1")
-    assert name == "convert_src_int8_lightx2v.safetensors"
-    assert (models_dir / "diffusion_models" / name).is_file()
-    again = run_prompt({"1": node}, expect_error=True)
-    assert "already exists" in again.error()["exception_message"]
-    loaded = run_prompt({"2": {"class_type": "LightX2VLoadWanDiT", "inputs": {
-        "model_name": name, "dtype": "fp32", "attention": "auto", "quantization": "auto"}}}, outputs=["2"])
-    dit = loaded.output("2").model.diffusion_model
-    assert dit.quant_plan.fmt == "int8" and dit.blocks[1].cross_attn.v_img.weight.dtype == torch.int8

@@ -9,9 +9,9 @@ __init__.py import ComfyUI.
 import ast
 import pathlib
 
+from comfy_env import COMFY_MODULES
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "server",
-                 "execution", "latent_preview", "node_helpers", "comfyui_version", "app", "utils"}
 GROUND = {"errors", "placeholders", "kernel_loader", "pickle_weights"}
 ENGINE_LEVEL = {"quant": 2, "wan": 3, "lora": 4, "offload": 4, "cache": 4, "sampling": 4, "vae": 4,
                 "converter": 5, "convert": 5, "parallel": 5, "demo": 5, "synthetic_conditioning": 1}

@@ -13,29 +13,14 @@ from lightx2v_nodes.lora.report import details, group_keys, summary
 from lightx2v_nodes.lora.side_branch import SideBranches
 from lightx2v_nodes.wan import synthetic as wan_synthetic
 from lightx2v_nodes.wan.model import WanDiT
-
-# diffusers names of the original Wan modules, written out here so the test does not reuse the engine's table.
-DIFFUSERS_BLOCK = {"self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
-                   "self_attn.o": "attn1.to_out.0", "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k",
-                   "cross_attn.v": "attn2.to_v", "cross_attn.o": "attn2.to_out.0", "cross_attn.k_img": "attn2.add_k_proj",
-                   "cross_attn.v_img": "attn2.add_v_proj", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2"}
-DIFFUSERS_TOP = {"text_embedding.0": "condition_embedder.text_embedder.linear_1",
-                 "text_embedding.2": "condition_embedder.text_embedder.linear_2",
-                 "time_embedding.0": "condition_embedder.time_embedder.linear_1",
-                 "time_embedding.2": "condition_embedder.time_embedder.linear_2",
-                 "time_projection.1": "condition_embedder.time_proj", "head.head": "proj_out",
-                 "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
-                 "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2"}
-
+from test_diffusers_keys import diffusers_name as diffusers_parameter_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def diffusers_name(module):
-    if module.startswith("blocks."):
-        _, i, rest = module.split(".", 2)
-        return f"blocks.{i}.{DIFFUSERS_BLOCK[rest]}"
-    return DIFFUSERS_TOP[module]
+    """The diffusers name of an original Wan module, from test_diffusers_keys.py's table (not the engine's)."""
+    return diffusers_parameter_name(module + ".weight").removesuffix(".weight")
 
 
 def low_rank_keys(family, module, prefix):
