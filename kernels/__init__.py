@@ -13,6 +13,8 @@ except ImportError:  # the references below still work
 
 from .attention_8bit import (ATTENTION_TILES, attention8, attention8_reference, quantize_kv,  # noqa: E402
                              quantize_qkv, quantize_qkv_reference)
+from .attention_8bit_sparse import (BlockTable, attention8_sparse, attention8_sparse_reference,  # noqa: E402
+                                    block_table, table_tiles)
 from .lowrank_add import lowrank_add_, lowrank_add_reference  # noqa: E402
 from .act_quant import (gelu_quantize_per_token, gelu_quantize_per_token_reference,  # noqa: E402
                         quantize_per_token, quantize_per_token_reference)
@@ -21,4 +23,4 @@ from .scaled_gemm import scaled_gemm, scaled_gemm_reference  # noqa: E402
 from .norm_rope import (rms_norm_rope, rms_norm_rope_column_sums, rms_norm_rope_column_sums_reference,  # noqa: E402
                         rms_norm_rope_int8, rms_norm_rope_int8_reference, rms_norm_rope_reference)
 
-__all__ = ["TRITON_AVAILABLE", "ATTENTION_TILES", "attention8", "attention8_reference", "quantize_kv", "quantize_qkv", "quantize_qkv_reference", "lowrank_add_", "lowrank_add_reference", "gelu_quantize_per_token", "gelu_quantize_per_token_reference", "quantize_per_token", "quantize_per_token_reference", "layer_norm_quantize", "layer_norm_quantize_reference", "scaled_gemm", "scaled_gemm_reference", "rms_norm_rope", "rms_norm_rope_reference", "rms_norm_rope_int8", "rms_norm_rope_int8_reference", "rms_norm_rope_column_sums", "rms_norm_rope_column_sums_reference"]
+__all__ = ["TRITON_AVAILABLE", "ATTENTION_TILES", "attention8", "attention8_reference", "quantize_kv", "quantize_qkv", "quantize_qkv_reference", "BlockTable", "attention8_sparse", "attention8_sparse_reference", "block_table", "table_tiles", "lowrank_add_", "lowrank_add_reference", "gelu_quantize_per_token", "gelu_quantize_per_token_reference", "quantize_per_token", "quantize_per_token_reference", "layer_norm_quantize", "layer_norm_quantize_reference", "scaled_gemm", "scaled_gemm_reference", "rms_norm_rope", "rms_norm_rope_reference", "rms_norm_rope_int8", "rms_norm_rope_int8_reference", "rms_norm_rope_column_sums", "rms_norm_rope_column_sums_reference"]
