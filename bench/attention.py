@@ -13,6 +13,9 @@ Median of --runs after --warmup, CUDA events. Writes JSON to $OUT or bench/resul
 
   python bench/attention.py [--shapes self-32760,cross-512] [--runs 20] [--warmup 5] [--tiny]
   (--tiny: small shapes, our kernel under TRITON_INTERPRET=1 on the CPU)
+  python bench/attention.py --sparse [--tiny]: the block-sparse kernel (LightX2V Sparse Attention's default radial and
+  window masks) vs the dense kernel at 21x30x52 (480x832x81) and 21x45x80 (720x1280x81) tokens: ms, kept fraction,
+  and the fraction of the ideal saving realised ((dense - sparse) / (dense * (1 - kept))). Writes attention_sparse.json.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ def main():
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--sparse", action="store_true", help="time the block-sparse kernel's masks vs the dense kernel")
     parser.add_argument("--sweep", default=None, help="a shape name: time our kernel's fixed tile configs and options there")
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
@@ -97,6 +101,8 @@ def main():
     heads = 2 if args.tiny else args.heads
     runs, warmup = (1, 0) if args.tiny else (args.runs, args.warmup)
     gen = torch.Generator(device=device).manual_seed(0)
+    if args.sparse:
+        return sparse_rows(heads, args.head_dim, runs, warmup, device, gen, args.tiny)
     if args.sweep:
         return sweep(table[args.sweep], heads, args.head_dim, runs, warmup, device, gen)
     rows = []
@@ -152,6 +158,49 @@ def main():
     for r in rows:
         acc = (f"{r['cosine']:8.5f} {r['rel_err']:8.1e} {str(r['finite_at_1e3']):>6}" if "cosine" in r else "")
         print(f"{r['shape']:>12} {r['backend']:>12} {r['s'] * 1e3:9.3f} {r['tflops']:8.1f} {acc}{r.get('config', '')}")
+
+
+SPARSE_GRIDS = {"480x832x81": (21, 30, 52), "720x1280x81": (21, 45, 80)}
+TINY_SPARSE_GRIDS = {"tiny": (5, 4, 10)}
+
+
+def sparse_rows(heads, head_dim, runs, warmup, device, gen, tiny):
+    """Dense kernel vs block-sparse kernel with each mask, inputs already quantized (the kernels alone)."""
+    from lightx2v_nodes.wan.sparse_attention import SparseSettings
+    from lightx2v_nodes.wan.sparse_masks import TokenGrid, tile_mask
+
+    rows = []
+    for name, dims in (TINY_SPARSE_GRIDS if tiny else SPARSE_GRIDS).items():
+        grid = TokenGrid(*dims)
+        q = wan_like(1, grid.tokens, heads, head_dim, device, gen)
+        k = wan_like(1, grid.tokens, heads, head_dim, device, gen, bias=8.0)
+        v = wan_like(1, grid.tokens, heads, head_dim, device, gen)
+        quantized = kernels.quantize_qkv(q, k, v)
+        dense_out = kernels.attention8(q, k, v, quantized=quantized)
+        dense_s = median_seconds(lambda: kernels.attention8(q, k, v, quantized=quantized), warmup, runs, device)
+        rows.append({"grid": name, "tokens": grid.tokens, "mask": "dense", "kept": 1.0, "s": dense_s})
+        tiles = kernels.table_tiles(device)
+        for mask in ("radial", "window"):
+            settings = SparseSettings(mask=mask)
+            built = median_seconds(lambda: tile_mask(settings.keep(grid), grid.tokens, tiles, device), 0, 1, device)
+            table = kernels.block_table(tile_mask(settings.keep(grid), grid.tokens, tiles, device), tiles)
+            sparse_s = median_seconds(lambda: kernels.attention8_sparse(q, k, v, table, quantized=quantized), warmup,
+                                      runs, device)
+            out = kernels.attention8_sparse(q, k, v, table, quantized=quantized)
+            ideal = 1 - table.kept_fraction
+            rows.append({"grid": name, "tokens": grid.tokens, "mask": mask, "kept": table.kept_fraction, "s": sparse_s,
+                         "of_ideal_saving": (dense_s - sparse_s) / (dense_s * ideal) if ideal else float("nan"),
+                         "mask_build_s": built, **{f"{key}_vs_dense8": val for key, val in compare(out, dense_out).items()
+                                                  if key != "finite"}})
+        del q, k, v, quantized, dense_out
+    with open(os.path.join(results_dir(), "attention_sparse.json"), "w") as f:
+        json.dump({"device": device_name(device), "heads": heads, "head_dim": head_dim, "rows": rows}, f, indent=1)
+    print(f"\nBlock-sparse 8-bit attention (kernel alone), {device_name(device)}, {heads} heads x {head_dim}")
+    print(f"{'grid':>12} {'tokens':>7} {'mask':>7} {'kept':>6} {'ms':>9} {'of ideal':>8} {'cos vs dense':>12} {'mask s':>7}")
+    for r in rows:
+        extra = (f"{r['of_ideal_saving']:8.1%} {r['cosine_vs_dense8']:12.5f} {r['mask_build_s']:7.2f}"
+                 if "of_ideal_saving" in r else "")
+        print(f"{r['grid']:>12} {r['tokens']:>7} {r['mask']:>7} {r['kept']:6.1%} {r['s'] * 1e3:9.3f} {extra}")
 
 
 SWEEP_TILES = [(64, 128, 4, 2), (64, 128, 4, 3), (64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),

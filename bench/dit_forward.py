@@ -7,9 +7,11 @@ compared with native's SDPA path, since ComfyUI has no such kernel. Prints s/for
 its block linears quantized (fp8/int8 W8A8, lightx2v_nodes.quant) against the same native bf16 time. With
 --compile, our DiT is also run with torch.compile'd block phases (lightx2v_nodes.wan.compile), in bf16 and in
 each --quant format: rows `<attn>+compile` and `<attn>+compile+<fmt>`; `compile_s` is the first (compiling)
-call. Writes JSON to $OUT or bench/results/.
+call. With --sparse radial (or window), the last of our rows (compiled and quantized where asked, else eager) is
+repeated with LightX2V Sparse Attention's default settings at a sparse step (every block but the first sparse; a
+4-step run's first step stays dense): row `<row>+radial`. Writes JSON to $OUT or bench/results/.
 
-  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile [--gelu-ab] [--quant-ab] [--norm-quant-ab]] [--rows R1,R2] [--tiny]
+  python bench/dit_forward.py [--comfyui PATH] [--sizes 1.3B,14B] [--backends lightx2v-int8,sdpa,sage] [--quant fp8,int8] [--compile [--gelu-ab] [--quant-ab] [--norm-quant-ab]] [--rows R1,R2] [--sparse radial] [--tiny]
 """
 
 from __future__ import annotations
@@ -127,6 +129,16 @@ def attn8_variant_rows(args, ours, inputs, out_native, rows, size, device):
     return result
 
 
+def install_sparse(model, mask: str, latent, device):
+    """LightX2V Sparse Attention's per-block backends on `model` at a sparse step (step 1: the first step is dense)."""
+    from lightx2v_nodes.wan.config import PATCH_SIZE
+    from lightx2v_nodes.wan.sparse_attention import SparseAttention, SparseSettings, latent_grid
+
+    sparse = SparseAttention(SparseSettings(mask=mask), model.attention)
+    sparse.install(model, latent_grid(torch.empty(latent, device="meta"), None, PATCH_SIZE), 1, device)
+    return sparse
+
+
 def wanted(args, name: str) -> bool:
     """--rows filters the quantized and compiled rows of our DiT (the first backend's eager row always runs)."""
     return not args.rows or name in args.rows.split(",")
@@ -140,16 +152,19 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
     # (format, GELU fused into the FFN's quantization, inductor's own activation quantization, LayerNorm fused into it)
     variants = [(None, True, False, True)] + [(fmt, True, False, True) for fmt in filter(None, args.quant.split(","))]
     quantized = [v[0] for v in variants[1:]]
+    sparse_variant = (variants[-1][0], True, False, True, args.sparse) if args.sparse else None
     if args.gelu_ab:
         variants += [(fmt, False, False, True) for fmt in quantized]
     if args.quant_ab:
         variants += [(fmt, True, True, False) for fmt in quantized]
     if args.norm_quant_ab:
         variants += [(fmt, True, False, False) for fmt in quantized]
-    for fmt, gelu_fusion, inductor_quantization, norm_fused in variants:
+    variants = [v + (None,) for v in variants] + ([sparse_variant] if sparse_variant else [])
+    for fmt, gelu_fusion, inductor_quantization, norm_fused, mask in variants:
         name = (f"{base['backend']}+compile" + (f"+{fmt}" if fmt else "") + ("" if gelu_fusion else "+unfused-gelu")
                 + ("+inductor-quant" if inductor_quantization else "")
-                + ("+unfused-norm-quant" if fmt and not norm_fused and not inductor_quantization else ""))
+                + ("+unfused-norm-quant" if fmt and not norm_fused and not inductor_quantization else "")
+                + (f"+{mask}" if mask else ""))
         if not wanted(args, name):
             continue
         torch._dynamo.reset()  # each variant compiles its own graphs; none evicts another's cache entries
@@ -160,6 +175,8 @@ def compiled_rows(args, cfg, size, weights, inputs, out_native, rows, device, dt
         model.set_fusions(norm_quant=norm_fused, gelu_quant=gelu_fusion)
         if fmt:
             quantize_dit_(model, fmt)
+        if mask:
+            install_sparse(model, mask, inputs[0].shape, device)
         phases = compile_blocks(model, CompileSettings(backend=backend, mode=args.compile_mode,
                                                        inductor_quantization=inductor_quantization))
         if phases is None:
@@ -206,6 +223,8 @@ def main():
                         help="with --compile --quant: also time each quantized compiled row with GELU unfused from the quantization")
     parser.add_argument("--rows", default="", help="comma list of our quantized/compiled rows to run, e.g. "
                         "lightx2v-int8+compile+fp8 (default: all that --quant and --compile ask for)")
+    parser.add_argument("--sparse", default="", help="radial or window: also time our last row with LightX2V Sparse "
+                        "Attention's default settings (needs the lightx2v-int8 backend first in --backends)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run at a tiny shape")
@@ -277,6 +296,21 @@ def main():
                          "native_activation_gib": row["native_activation_gib"], "ours_activation_gib": act_q,
                          **agreement(out_q, out_native), "ours_weight_gib": weight_gib})
             del quant
+        if args.sparse and not args.compile and rows and rows[0]["backend"] == "lightx2v-int8":
+            last = rows[-1]
+            with torch.device("meta"):
+                model = WanDiT(**cfg.unet_config(), dtype=dtype)
+            model.load_state_dict(weights, strict=True, assign=True)
+            model.set_attention(choose_attention("lightx2v-int8", device, dtype))
+            fmt = last["backend"].split("+")[1] if "+" in last["backend"] else None
+            if fmt:
+                quantize_dit_(model, fmt)
+            install_sparse(model, args.sparse, x.shape, device)
+            s_s, peak_s, act_s, out_s = time_forward(model, (x, t, context), args.warmup, args.runs, device)
+            rows.append({**last, "backend": f"{last['backend']}+{args.sparse}", "ours_s": s_s,
+                         "speedup": last["native_s"] / s_s, "ours_peak_gib": peak_s, "ours_activation_gib": act_s,
+                         **agreement(out_s, out_native)})
+            del model
         if args.compile and rows:
             rows += compiled_rows(args, cfg, size, weights, (x, t, context), out_native, rows, device, dtype)
         del native, ours, weights

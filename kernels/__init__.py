@@ -8,6 +8,8 @@ The 8-bit quantization formula and its constants (common.py) are exported for th
 from .common import FP8_MAX, MIN_ABSMAX, QMAX, TRITON_AVAILABLE, absmax_scale, quantize_rows, quantize_with_scale
 from .attention_8bit import (ATTENTION_TILES, attention8, attention8_reference, quantize_kv, quantize_qkv,
                              quantize_qkv_reference)
+from .attention_8bit_sparse import (BlockTable, attention8_sparse, attention8_sparse_reference, block_table,
+                                    table_tiles)
 from .lowrank_add import lowrank_add_, lowrank_add_reference
 from .act_quant import (gelu_quantize_per_token, gelu_quantize_per_token_reference, quantize_per_token,
                         quantize_per_token_reference)
@@ -19,6 +21,7 @@ from .norm_rope import (rms_norm_rope, rms_norm_rope_column_sums, rms_norm_rope_
 __all__ = [
     "TRITON_AVAILABLE", "FP8_MAX", "MIN_ABSMAX", "QMAX", "absmax_scale", "quantize_rows", "quantize_with_scale",
     "ATTENTION_TILES", "attention8", "attention8_reference", "quantize_kv", "quantize_qkv", "quantize_qkv_reference",
+    "BlockTable", "attention8_sparse", "attention8_sparse_reference", "block_table", "table_tiles",
     "lowrank_add_", "lowrank_add_reference", "gelu_quantize_per_token", "gelu_quantize_per_token_reference",
     "quantize_per_token", "quantize_per_token_reference", "layer_norm_quantize", "layer_norm_quantize_reference",
     "scaled_gemm", "scaled_gemm_reference", "rms_norm_rope", "rms_norm_rope_reference", "rms_norm_rope_int8",

@@ -83,9 +83,10 @@ def sdpa_backend(description: str = "sdpa") -> AttentionBackend:
 SDPA = sdpa_backend()
 
 
-def eight_bit_backend(min_keys: int = MIN_KEYS_8BIT, description: str = "lightx2v-int8") -> AttentionBackend:
+def eight_bit_backend(min_keys: int = MIN_KEYS_8BIT, description: str = "lightx2v-int8", attend=None) -> AttentionBackend:
     """The 8-bit kernel's backend. It does not check the device: choose_attention does, once. Tests lower
-    `min_keys` to run the kernel on tiny shapes in Triton's CPU interpreter."""
+    `min_keys` to run the kernel on tiny shapes in Triton's CPU interpreter. attend(q, k, v, quantized=...): the
+    kernel call (default attention8; wan/sparse_attention.py passes the block-sparse one)."""
 
     def uses_kernel(k: torch.Tensor) -> bool:
         return k.shape[-1] in HEAD_DIMS_8BIT and k.shape[1] >= min_keys
@@ -95,7 +96,7 @@ def eight_bit_backend(min_keys: int = MIN_KEYS_8BIT, description: str = "lightx2
         if not uses_kernel(k):
             return _sdpa(q, k, v)
         b, lq, h, d = q.shape
-        return load_kernels().attention8(q, k, v).reshape(b, lq, h * d)
+        return (attend or load_kernels().attention8)(q, k, v).reshape(b, lq, h * d)
 
     @torch.compiler.disable
     def from_projections(q, k, v, norm_q, norm_k, rope):
@@ -112,7 +113,7 @@ def eight_bit_backend(min_keys: int = MIN_KEYS_8BIT, description: str = "lightx2
         quantized = (q8, q_scale) + kernels.quantize_kv(k, v, k_mean=k_mean)
         b, length, h, d = k.shape
         # With `quantized` given attention8 reads only q's shape, dtype and device, which self-attention's k shares.
-        return kernels.attention8(k, k, v, quantized=quantized).reshape(b, length, h * d)
+        return (attend or kernels.attention8)(k, k, v, quantized=quantized).reshape(b, length, h * d)
 
     return AttentionBackend("lightx2v-int8", call, description, from_projections)
 
