@@ -2,10 +2,9 @@
 
 from comfy_api.latest import io
 
-from .base import LightX2VNode
-
 from ..lightx2v_nodes.wan.comfy_sparse import apply_sparse_attention
 from ..lightx2v_nodes.wan.sparse_attention import MASKS, SparseSettings
+from .base import LightX2VNode
 
 _DEFAULTS = SparseSettings()
 
