@@ -5,12 +5,15 @@ installs the blocker, so only that subprocess may import it."""
 import importlib.abc
 import sys
 
-from comfy_env import COMFY_MODULES
+from comfy_env import COMFY_MODULES, ROOT
+
+# pytest imports the checkout's root package under its folder name, which may be one of ComfyUI's (a clone in main/).
+BLOCKED = COMFY_MODULES - {ROOT.name}
 
 
 class ComfyUIBlocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in COMFY_MODULES:
+        if name.split(".")[0] in BLOCKED:
             raise ModuleNotFoundError(f"No module named {name!r} (ComfyUI is absent in this run)", name=name)
         return None
 

@@ -330,6 +330,88 @@ def check_rms_norm_rope():
     print("tiny DiT rel errors", relative_error(compiled, want), relative_error(got8, want8))
 
 
+def dense_on_kept_keys(q, k, v, quantized, table, tiles, query_tiles=None):
+    """Per query tile (all, or those given): the dense kernel over the listed key tiles only (BLOCK_N = 128: one
+    K scale per tile). Rows of other query tiles stay zero."""
+    q8, qs, k8, ks, v8t, vs = quantized
+    b, lq, h, d = q.shape
+    bm, bn = table.tiles
+    assert bn == 128
+    out = torch.zeros_like(q)
+    for tile in range(table.indices.shape[1]) if query_tiles is None else query_tiles:
+        listed = [int(t) for t in table.indices[0, tile, :int(table.counts[0, tile])]]
+        rows = slice(tile * bm, min(tile * bm + bm, lq))
+        q8_tile = torch.zeros((b, h, 128, d), dtype=q8.dtype, device=q.device)
+        qs_tile = torch.zeros((b, h, 128), dtype=qs.dtype, device=q.device)
+        q8_tile[:, :, :rows.stop - rows.start] = q8[:, :, rows]
+        qs_tile[:, :, :rows.stop - rows.start] = qs[:, :, rows]
+        keys = torch.cat([torch.arange(t * 128, t * 128 + 128) for t in listed]).to(q.device)
+        kept = sum(min(128, k.shape[1] - t * 128) for t in listed)
+        sub = (q8_tile, qs_tile, k8[:, :, keys].contiguous(), ks[:, :, listed].contiguous(),
+               v8t[..., keys].contiguous(), vs)
+        out[:, rows] = kernels.attention8(q[:, rows], k[:, :kept], v[:, :kept], quantized=sub, tiles=tiles)
+    return out
+
+
+def check_sparse_kernel():
+    """Block-sparse kernel (radial and window masks) vs the dense kernel on each query tile's kept keys, TMA vs
+    pointer loads, vs its PyTorch reference; a full table is the dense kernel."""
+    from lightx2v_nodes.wan.sparse_masks import TokenGrid, radial_keep, tile_mask, window_keep
+
+    torch.manual_seed(0)
+    grid = TokenGrid(4, 8, 39)  # 1,248 tokens: the last 128-key tile is partial (96 keys)
+    b, h, d = 1, 1, 64
+    q = torch.randn(b, grid.tokens, h, d)
+    k = torch.randn(b, grid.tokens, h, d) + 2 * torch.randn(1, 1, h, d)
+    v = torch.randn(b, grid.tokens, h, d)
+    quantized = kernels.quantize_qkv(q, k, v)
+    masks = {"radial": radial_keep(grid, decay=0.25, min_band=16), "window": window_keep(grid, (1, 2, 5), (1, 1, 1))}
+    for name, keep in masks.items():
+        tiles = (32, 128, 4, 1)
+        table = kernels.block_table(tile_mask(keep, grid.tokens, tiles[:2]), tiles[:2])
+        listed = torch.arange(table.indices.shape[2]) < table.counts[..., None]
+        listed_tail = (table.indices == table.key_tiles - 1) & listed
+        assert 0 < table.kept_fraction < 1 and 0 < int(listed_tail.sum()) < table.indices.shape[1], name
+        got = kernels.attention8_sparse(q, k, v, table, quantized=quantized, tiles=tiles)
+        assert torch.equal(got, dense_on_kept_keys(q, k, v, quantized, table, tiles)), name
+        assert torch.equal(kernels.attention8_sparse(q, k, v, table, quantized=quantized, tiles=tiles, tma=True), got)
+        small = (32, 32, 4, 1)
+        table = kernels.block_table(tile_mask(keep, grid.tokens, small[:2]), small[:2])
+        got = kernels.attention8_sparse(q, k, v, table, quantized=quantized, tiles=small)
+        ref = kernels.attention8_sparse_reference(q, k, v, table, quantized=quantized)
+        rel = ((got - ref).norm() / ref.norm()).item()
+        assert rel <= 5e-3, (name, rel)
+        print(name, "kept", round(table.kept_fraction, 3), "rel vs reference", rel)
+    every = kernels.block_table(torch.ones(1, 39, 10, dtype=torch.bool), (32, 128))
+    assert torch.equal(kernels.attention8_sparse(q, k, v, every, quantized=quantized, tiles=(32, 128, 4, 1)),
+                       kernels.attention8(q, k, v, quantized=quantized, tiles=(32, 128, 4, 1)))
+    print("sparse kernel equals dense on kept keys")
+
+
+def check_sparse_dit():
+    """A tiny DiT: sparse self-attention with a window keeping every tile is the dense 8-bit model, bit for bit."""
+    from lightx2v_nodes.wan import attention, synthetic
+    from lightx2v_nodes.wan.model import WanDiT
+    from lightx2v_nodes.wan.sparse_attention import SparseAttention, SparseSettings
+    from lightx2v_nodes.wan.sparse_masks import TokenGrid
+
+    cfg = synthetic.tiny_config("t2v", dim=256, layers=2)
+    with torch.device("meta"):
+        model = WanDiT(**cfg.unet_config(), dtype=torch.float32)
+    model.load_state_dict(synthetic.random_state_dict(cfg), assign=True)
+    x, t, context = torch.randn(1, 16, 3, 8, 16), torch.tensor([500.0]), torch.randn(1, 24, cfg.text_dim)
+    model.set_attention(attention.eight_bit_backend(min_keys=1))
+    with torch.inference_mode():
+        dense = model(x, t, context)
+        sparse = SparseAttention(SparseSettings(mask="window", window_radius=(9, 9, 9), dense_blocks=0),
+                                 model.attention, min_keys=1)
+        sparse.install(model, TokenGrid(3, 4, 8), step=1, device=torch.device("cpu"))
+        out = model(x, t, context)
+        sparse.remove(model)
+    assert torch.equal(out, dense)
+    print("a window keeping every tile is the dense 8-bit DiT")
+
+
 if __name__ == "__main__":  # python tests/kernel_checks.py check_name (triton_interpreter.run_in_triton_interpreter)
     name = sys.argv[1]
     if not name.startswith("check_"):
