@@ -2,7 +2,8 @@
 # Runs the test suite on a CUDA machine that has Python, torch and Triton but no package registry (how the suite is
 # proven on a GPU; CI runs scripts/test.sh on a CPU). Prepare .gpu/ with scripts/gpu_kit.sh where pip works, bring
 # it along with the checkout, then:  scripts/test_gpu.sh [pytest arguments]
-# The browser tests are left out (they need Chromium); every other test runs, the GPU-only ones included.
+# The browser tests are left out (they need Chromium); every other test runs, the GPU-only ones included
+# (LIGHTX2V_TESTS="tests/test_a.py tests/test_b.py" runs only those files).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -15,4 +16,4 @@ if [ -d .gpu/wheels ]; then
 fi
 [ -z "${COMFYUI_DIR:-}" ] && [ -f .gpu/comfyui/main.py ] && export COMFYUI_DIR="$root/.gpu/comfyui"
 mkdir -p test-artifacts
-exec "$python" -m pytest tests --ignore=tests/test_browser.py -p no:cacheprovider "$@"
+exec "$python" -m pytest ${LIGHTX2V_TESTS:-tests} --ignore=tests/test_browser.py -p no:cacheprovider "$@"
