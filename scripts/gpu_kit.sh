@@ -15,6 +15,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pytest-timeout==2.4.0
 rm -rf .gpu/comfyui
 mkdir -p .gpu/comfyui
-tar -C .comfyui --exclude='./tests' --exclude='./tests-unit' --exclude='*_tokenizer/*' --exclude='__pycache__' -cf - . \
+tar -C .comfyui --exclude='./tests' --exclude='./tests-unit' --exclude='*_tokenizer/*.json' --exclude='*_tokenizer/*.txt' --exclude='*_tokenizer/*.model' --exclude='__pycache__' -cf - . \
   | tar -C .gpu/comfyui -xf -
 du -sh .gpu/wheels .gpu/comfyui
