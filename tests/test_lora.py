@@ -59,7 +59,8 @@ def expected_weights(base, lora, family, prefix, strength):
 
 
 def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("task", ["t2v", "i2v"])

@@ -20,7 +20,7 @@ def is_quant(layer):
 
 
 def cosine(a, b):
-    a, b = a.double().flatten(), b.double().flatten()
+    a, b = a.detach().cpu().double().flatten(), b.detach().cpu().double().flatten()
     return (a @ b / (a.norm() * b.norm())).item()
 
 
@@ -108,7 +108,11 @@ def test_lightx2v_file_auto_equals_quantize_on_load(float_run, write, float_sd):
 
 def test_comfy_scaled_fp8_matches_native_loader(float_run, write, float_sd):
     name = write("quant_comfy_scaled_fp8.safetensors", quantized_checkpoint(float_sd, "comfy_scaled_fp8"), prefix="")
-    native = run({"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}})[1]
+    # Native ComfyUI computes an fp8 file in bf16 on a GPU (fp32 on the CPU); ModelComputeDtype pins fp32, the
+    # dtype ours computes in here, so both sides run the same math on the same dequantized weights.
+    fp32_compute = {"c": {"class_type": "ModelComputeDtype", "inputs": {"model": ["1", 0], "dtype": "fp32"}}}
+    native = run({"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}},
+                 fp32_compute, sampled_from="c")[1]
     dit, dequantized = run(ours(name, "none"))
     assert dit.quant_plan is None
     rel = ((dequantized - native).norm() / native.norm()).item()
@@ -123,7 +127,7 @@ def test_plain_fp8_file(float_run, write, float_sd):
     name = write("quant_plain_fp8.safetensors", quantized_checkpoint(float_sd, "plain_fp8"))
     dit, samples = run(ours(name))
     layer = dit.blocks[0].self_attn.v
-    assert is_quant(layer) and torch.equal(layer.weight_scale, torch.ones(CFG.dim, 1))
+    assert is_quant(layer) and torch.equal(layer.weight_scale.cpu(), torch.ones(CFG.dim, 1))
     assert cosine(samples, reference) >= 0.99
 
 
