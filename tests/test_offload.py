@@ -180,6 +180,30 @@ def test_lazy_reads_another_float_dtype_under_inference_mode(tmp_path, t2v):
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_installed_in_inference_mode_then_used_outside_it(tmp_path, t2v, lazy):
+    """ComfyUI's executor loads (installs) and samples under inference mode; a node or script may sample the same
+    MODEL later outside it, and then again inside: every streamed copy must still land, with the same result."""
+    dit, sd, cfg, args, kwargs, expected = t2v
+    folder = synthetic.write_checkpoint(sd, str(tmp_path / "blocks"), "blocks", "fp32") if lazy else ""
+    model = build(blocks_on_meta=True)[0] if lazy else dit
+    scheduler = OffloadScheduler(model, OffloadSettings("phase", 1, 2, lazy_dir=folder), "cpu")
+    try:
+        with torch.inference_mode():
+            scheduler.install()
+            assert not scheduler.slots[0].flat.is_inference()
+            outs = [model(*args, **kwargs)]
+        scheduler.finish()
+        with torch.no_grad():
+            outs.append(model(*args, **kwargs))
+        scheduler.finish()
+        with torch.inference_mode():
+            outs.append(model(*args, **kwargs))
+    finally:
+        scheduler.uninstall()
+    assert all(torch.equal(out, expected) for out in outs)
+
+
 def test_lazy_folder_mismatch_is_a_clear_error(tmp_path, t2v):
     _, sd, _, _, _, _ = t2v
     folder = synthetic.write_checkpoint({k: v.to(torch.bfloat16) for k, v in sd.items()}, str(tmp_path / "b"), "blocks", "bf16")

@@ -84,6 +84,10 @@ class OffloadScheduler:
 
     # ---- install / uninstall ----
 
+    # Buffers made inside inference mode (ComfyUI's executor samples under it) could never be written again outside
+    # it: a MODEL sampled later outside inference mode would fail on its first streamed copy. Normal tensors work in
+    # both modes, so the scheduler's buffers are always made as normal tensors.
+    @torch.inference_mode(False)
     def install(self) -> None:
         if self.installed:
             return
