@@ -147,11 +147,13 @@ def build_model_patcher(state_dict: dict[str, torch.Tensor], cfg: WanConfig, dty
         weights[key] = placeholder(value.shape, target) if is_placeholder(value) else value.to(device=offload_device, dtype=target)
         if progress and (i % 64 == 0 or i == len(keys) - 1):
             progress(i + 1, len(keys))
+    model.diffusion_model.requires_grad_(False)
     try:
-        model.diffusion_model.load_state_dict(weights, strict=True, assign=True)
+        # Parameters made outside ComfyUI's inference mode take tensors of either mode later (parameters.py).
+        with torch.inference_mode(False):
+            model.diffusion_model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as exc:
         raise LightX2VError(f"The file's tensors do not fit a {cfg.variant}: {str(exc)[:400]}") from None
-    model.diffusion_model.requires_grad_(False)
     model.diffusion_model.quant_plan = plan
     model.diffusion_model.set_attention(backend)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)

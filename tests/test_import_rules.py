@@ -1,6 +1,6 @@
 """The pack's imports run one way, checked on the source (ast), without importing anything.
 
-Layers, bottom to top: kernels -> the ground floor (errors, placeholders, kernel_loader, pickle_weights) -> quant ->
+Layers, bottom to top: kernels -> the ground floor (errors, placeholders, parameters, kernel_loader, pickle_weights) -> quant ->
 wan -> (lora, offload, cache, sampling, vae) -> (converter, parallel) -> comfy_*.py adapters -> nodes. A module may import its own
 layer or lower ones. Adapters import comfy_common.py, never each other. Only comfy_*.py, nodes/ and the root
 __init__.py import ComfyUI.
@@ -12,7 +12,7 @@ import pathlib
 from comfy_env import COMFY_MODULES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-GROUND = {"errors", "placeholders", "kernel_loader", "pickle_weights"}
+GROUND = {"errors", "placeholders", "parameters", "kernel_loader", "pickle_weights"}
 ENGINE_LEVEL = {"quant": 2, "wan": 3, "lora": 4, "offload": 4, "cache": 4, "sampling": 4, "vae": 4,
                 "converter": 5, "convert": 5, "parallel": 5, "demo": 5, "synthetic_conditioning": 1}
 

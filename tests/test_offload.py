@@ -181,24 +181,28 @@ def test_lazy_reads_another_float_dtype_under_inference_mode(tmp_path, t2v):
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
-def test_installed_in_inference_mode_then_used_outside_it(tmp_path, t2v, lazy):
-    """ComfyUI's executor loads (installs) and samples under inference mode; a node or script may sample the same
-    MODEL later outside it, and then again inside: every streamed copy must still land, with the same result."""
+def test_a_run_in_the_other_inference_mode_reinstalls(tmp_path, t2v, lazy):
+    """ComfyUI's executor installs and samples under inference mode; a script or node may sample the same MODEL
+    later outside it. Buffers made in one mode cannot be written in the other: the scheduler says so, and
+    installed again in the run's mode it streams the same result (the ComfyUI side reloads on that signal)."""
     dit, sd, cfg, args, kwargs, expected = t2v
     folder = synthetic.write_checkpoint(sd, str(tmp_path / "blocks"), "blocks", "fp32") if lazy else ""
     model = build(blocks_on_meta=True)[0] if lazy else dit
     scheduler = OffloadScheduler(model, OffloadSettings("phase", 1, 2, lazy_dir=folder), "cpu")
+    outs = []
     try:
-        with torch.inference_mode():
-            scheduler.install()
-            assert not scheduler.slots[0].flat.is_inference()
-            outs = [model(*args, **kwargs)]
-        scheduler.finish()
-        with torch.no_grad():
-            outs.append(model(*args, **kwargs))
-        scheduler.finish()
-        with torch.inference_mode():
-            outs.append(model(*args, **kwargs))
+        for inference in (True, False, True):
+            mode = torch.inference_mode() if inference else torch.no_grad()
+            with mode:
+                if scheduler.installed and not scheduler.fits_current_mode():
+                    scheduler.uninstall()
+                scheduler.install()
+                assert scheduler.fits_current_mode() and scheduler.slots[0].flat.is_inference() == inference
+                outs.append(model(*args, **kwargs))
+                scheduler.finish()
+        assert not scheduler.fits_current_mode()  # installed under inference mode, asked outside it
+        with torch.no_grad(), pytest.raises(RuntimeError, match="[Ii]nference"):
+            model(*args, **kwargs)  # what the reinstall avoids: streaming into inference buffers outside the mode
     finally:
         scheduler.uninstall()
     assert all(torch.equal(out, expected) for out in outs)

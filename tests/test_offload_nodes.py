@@ -194,6 +194,23 @@ def test_interrupt_then_reuse_and_flat_host_ram(tiny_files, reference):
     assert rss[-1] <= rss[0] * 1.05, [r / 1e6 for r in rss]
 
 
+def test_parameters_made_by_the_executor_take_tensors_made_outside_it(comfy_nodes, tiny_files):
+    """The executor loads under inference mode. On a GPU, a later load outside it (a MODEL sampled from a script,
+    or streamed by the offload scheduler) re-points parameters at tensors made outside inference mode; Parameter
+    objects made inside it would then fail every op ("Inference tensors do not track version counter")."""
+    run = sample({"m": loader(tiny_files[0], "int8-weight-only")}, ["m", 0])
+    dit = run.output("m").model.diffusion_model
+    gen = torch.Generator().manual_seed(0)
+    args = (torch.randn(1, 16, 2, 4, 4, generator=gen).to(torch.bfloat16), torch.tensor([500.0]),
+            torch.randn(1, 12, 4096, generator=gen).to(torch.bfloat16))
+    with torch.inference_mode():
+        expected = dit(*args)
+    with torch.no_grad():
+        for parameter in dit.parameters():
+            parameter.data = parameter.data.clone()  # what `.to(device)` outside inference mode does
+        assert torch.equal(dit(*args), expected)
+
+
 def test_switching_between_plain_and_offloaded_clones(tiny_files, reference):
     """One loaded model, used alternately plain and offloaded: ComfyUI reloads it each time, results stay exact."""
     run = sample({"m": loader(tiny_files[0]), "o": offload(["m", 0], mode="phase", resident=2)}, ["o", 0])

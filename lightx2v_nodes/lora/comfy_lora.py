@@ -25,6 +25,7 @@ import comfy.weight_adapter
 import folder_paths
 
 from ..errors import LightX2VError
+from ..parameters import frozen_parameter
 from .files import read_lora_file
 from .mapping import DiffPatch, LoraPlan, plan_lora
 from .merge import low_rank_delta
@@ -98,7 +99,7 @@ def _object_patch(patched, source_model, target: str, patch, strength: float) ->
     else:
         delta = low_rank_delta(patch, current.shape, current.device)
     value = (current.detach().to(torch.float32) + strength * delta).to(current.dtype)
-    patched.add_object_patch(key, torch.nn.Parameter(value, requires_grad=False))
+    patched.add_object_patch(key, frozen_parameter(value))
 
 
 def _add_patch_batches(model, entries: list[tuple[str, object]], strength: float) -> None:

@@ -42,6 +42,7 @@ import folder_paths
 
 from ..comfy_common import lightx2v_dit
 from ..errors import LightX2VError
+from ..parameters import frozen_parameter
 from ..wan.checkpoint import NON_BLOCK_NAME, is_block_directory, read_safetensors
 from ..wan.keys import to_original_layout
 from ..wan.model import WanDiT
@@ -223,9 +224,11 @@ def _outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args,
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
     batch = noise.shape[0] * (1 if getattr(guider, "cfg", 1.0) == 1.0 else 2)
     plan = make_plan(patcher, latent_tokens(noise.shape), batch)
-    if patcher.offload_plan != plan:
-        # A new plan places the weights differently: a new patches UUID makes ComfyUI unpatch the model
-        # completely (weights back on the offload device) and load it again under the new size.
+    installed = scheduler_of(patcher)
+    if patcher.offload_plan != plan or (installed is not None and not installed.fits_current_mode()):
+        # A new plan places the weights differently, and buffers made under ComfyUI's inference mode cannot be
+        # written by a run outside it (a MODEL sampled again from a script or another node): a new patches UUID
+        # makes ComfyUI unpatch the model completely (weights back on the offload device) and load it again.
         patcher.offload_plan = plan
         patcher.patches_uuid = uuid.uuid4()
     try:
@@ -335,4 +338,4 @@ def _forget_load_state(base) -> None:
 
 def _placeholder_like(tensor):
     value = placeholder(tensor.shape, tensor.dtype)
-    return torch.nn.Parameter(value, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else value
+    return frozen_parameter(value) if isinstance(tensor, torch.nn.Parameter) else value

@@ -84,10 +84,6 @@ class OffloadScheduler:
 
     # ---- install / uninstall ----
 
-    # Buffers made inside inference mode (ComfyUI's executor samples under it) could never be written again outside
-    # it: a MODEL sampled later outside inference mode would fail on its first streamed copy. Normal tensors work in
-    # both modes, so the scheduler's buffers are always made as normal tensors.
-    @torch.inference_mode(False)
     def install(self) -> None:
         if self.installed:
             return
@@ -137,7 +133,14 @@ class OffloadScheduler:
             if s.token_chunk is not None:
                 block.token_chunk = s.token_chunk
         self.streams.synchronize()
+        # Tensors made under inference mode cannot be written outside it, and views mixing the two modes fail: the
+        # buffers belong to the autograd mode they were made in, and a run in the other mode needs a fresh install.
+        self.made_in_inference_mode = torch.is_inference_mode_enabled()
         self.installed = True
+
+    def fits_current_mode(self) -> bool:
+        """Whether a run now may use the installed buffers (made in the same inference mode as this run)."""
+        return self.made_in_inference_mode == torch.is_inference_mode_enabled()
 
     def _pack_streamed(self, block_bytes: dict[int, int]) -> None:
         """Each streamed block's host tensors into one buffer laid out like the slots (page-locked on CUDA)."""

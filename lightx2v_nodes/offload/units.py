@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import LightX2VError
+from ..parameters import frozen_parameter
 from ..placeholders import placeholder
 
 GRANULARITIES = ("block", "phase")
@@ -49,7 +50,7 @@ def release_meta(refs: list[TensorRef]) -> None:
         if tensor.is_meta:
             value = placeholder(tensor.shape, tensor.dtype)
             if ref.is_parameter:
-                ref.module._parameters[ref.name] = nn.Parameter(value, requires_grad=False)
+                ref.module._parameters[ref.name] = frozen_parameter(value)
             else:
                 ref.module._buffers[ref.name] = value
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..kernel_loader import load_kernels
+from ..parameters import frozen_parameter
 from .backends import compiled_gemm, compiled_linear, dispatch
 from .formats import FORMATS, format_of_dtype, quantize_weight
 
@@ -57,10 +58,10 @@ class QuantLinear(nn.Module):
         bias = linear.bias
         layer = cls(linear.in_features, linear.out_features, bias is not None, fmt, mode, device="meta",
                     bias_dtype=bias.dtype if bias is not None else torch.bfloat16)
-        layer.weight = nn.Parameter(q, requires_grad=False)
-        layer.weight_scale = nn.Parameter(scale, requires_grad=False)
+        layer.weight = frozen_parameter(q)
+        layer.weight_scale = frozen_parameter(scale)
         if bias is not None:
-            layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
+            layer.bias = frozen_parameter(bias.detach())
         return layer
 
     @property
@@ -143,7 +144,7 @@ class QuantLinear(nn.Module):
             self.weight.data.copy_(q)
             return None
         q, scale = quantize_weight(weight, self.fmt)
-        param = nn.Parameter(q.to(self.weight.device), requires_grad=False)
+        param = frozen_parameter(q.to(self.weight.device))
         setattr(param, _PATCHED_SCALE, scale.to(self.weight.device))
         self.weight = param
         return None
