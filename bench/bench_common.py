@@ -7,7 +7,12 @@ import statistics
 import sys
 import time
 
-import torch
+# --tiny runs a script on the CPU, where the Triton kernels run in Triton's interpreter: chosen before Triton (and
+# the pack's kernels, which read it) are imported. Every script imports this module before the kernels.
+if "--tiny" in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
 
 # The pack's one-line choices (matmul backend, attention fallbacks, compile failures) belong in every bench log.
 logging.getLogger("lightx2v_nodes").setLevel(logging.INFO)

@@ -24,11 +24,8 @@ import json
 import os
 import sys
 
-if "--tiny" in sys.argv:
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 from bench_common import device_name, median_seconds, results_dir  # noqa: E402  (puts the repo on sys.path)
 
