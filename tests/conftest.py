@@ -45,3 +45,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def native_unet_fp32(comfy_nodes):
+    """ComfyUI's UNETLoader keeps an fp32 file in fp32, as with its --fp32-unet flag. On a GPU it would otherwise load
+    the file as bf16 (its default there), and the native side of an fp32 equivalence test would run at bf16
+    precision; on the CPU it loads fp32 anyway. Our loader's explicit dtype is unaffected."""
+    from comfy.cli_args import args
+
+    before = args.fp32_unet
+    args.fp32_unet = True
+    yield
+    args.fp32_unet = before

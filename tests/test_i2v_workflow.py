@@ -36,7 +36,7 @@ def i2v_prompt(model_node):
     }
 
 
-def test_i2v_graph_ours_equals_native(comfy_nodes, files):
+def test_i2v_graph_ours_equals_native(comfy_nodes, files, native_unet_fp32):
     ours = run_prompt(i2v_prompt({"class_type": "LightX2VLoadWanDiT", "inputs": {
         "model_name": DIT, "dtype": "fp32", "attention": "auto", "quantization": "auto"}}), outputs=["8"])
     native = run_prompt(i2v_prompt({"class_type": "UNETLoader", "inputs": {"unet_name": DIT, "weight_dtype": "default"}}),

@@ -19,7 +19,7 @@ def tiny_t2v(models_dir):
     return name
 
 
-def test_t2v_prompt_ours_equals_native(comfy_nodes, tiny_t2v):
+def test_t2v_prompt_ours_equals_native(comfy_nodes, tiny_t2v, native_unet_fp32):
     ours = run_prompt(t2v_prompt({"class_type": "LightX2VLoadWanDiT",
                                   "inputs": {"model_name": tiny_t2v, "dtype": "fp32", "attention": "auto"}}), outputs=["5"])
     native = run_prompt(t2v_prompt({"class_type": "UNETLoader",

@@ -155,7 +155,7 @@ def samples(prompt):
     return run_prompt(prompt, outputs=["5"]).output("5")["samples"]
 
 
-def test_native_ignores_diff_m_ours_does_not(files):
+def test_native_ignores_diff_m_ours_does_not(files, native_unet_fp32):
     native_out = samples(sample_prompt(NATIVE, native_lora("test_t2v_lightx2v.safetensors")))
     ours_out = samples(sample_prompt(OURS, our_lora("test_t2v_lightx2v.safetensors")))
     ours_without = samples(sample_prompt(OURS, our_lora("test_t2v_no_diff_m.safetensors")))
@@ -164,7 +164,7 @@ def test_native_ignores_diff_m_ours_does_not(files):
 
 
 @pytest.mark.parametrize("loader", [OURS, NATIVE], ids=["our_model", "native_model"])
-def test_side_branch_equals_merge(files, loader):
+def test_side_branch_equals_merge(files, loader, native_unet_fp32):
     merged = samples(sample_prompt(loader, our_lora("test_t2v_lightx2v.safetensors", 0.8, "merge")))
     side = samples(sample_prompt(loader, our_lora("test_t2v_lightx2v.safetensors", 0.8, "side-branch")))
     base = samples(sample_prompt(loader))

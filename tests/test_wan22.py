@@ -16,7 +16,7 @@ from lightx2v_nodes.wan.config import detect_config
 from lightx2v_nodes.wan.model import WanDiT
 
 TOL = 1e-5
-pytestmark = pytest.mark.usefixtures("comfy_nodes", "one_thread")
+pytestmark = pytest.mark.usefixtures("comfy_nodes", "one_thread", "native_unet_fp32")
 
 
 def rel_err(a, b):

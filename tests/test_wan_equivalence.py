@@ -75,7 +75,7 @@ def _load_both(comfy_nodes, name):
     return ours, native
 
 
-def test_i2v_ksampler_matches_native(comfy_nodes, tiny_files):
+def test_i2v_ksampler_matches_native(comfy_nodes, tiny_files, native_unet_fp32):
     import nodes
 
     ours, native = _load_both(comfy_nodes, tiny_files["i2v"])

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from ..kernel_loader import load_kernels
 from .mapping import LowRankPatch
 
+SIXTEEN_BIT = (torch.float16, torch.bfloat16)  # outputs the Triton add serves
+
 # Wan layers (original names) that the model calls with the very same input tensor, by parent module:
 # self-attention projects q, k, v from x; cross-attention projects k, v from the text context and k_img, v_img
 # from the image context (its q reads x, so it is not grouped with them). A wrong entry here would only cost
@@ -35,9 +37,10 @@ SHARED_INPUT = {"self_attn": (("q", "k", "v"),), "cross_attn": (("k", "v"), ("k_
 
 
 def _add_in_place(out: torch.Tensor, h: torch.Tensor, up: torch.Tensor, factor: float) -> None:
-    if out.is_cuda and not torch.compiler.is_compiling() and _triton_add_works(out.device):
+    if out.dtype in SIXTEEN_BIT and out.is_cuda and not torch.compiler.is_compiling() and _triton_add_works(out.device):
         load_kernels().lowrank_add_(out, h, up, factor)
-    else:  # CPU, older GPUs, or inside a compiled graph (the compiler plans that add itself)
+    else:  # CPU, older GPUs, a compiled graph (the compiler plans that add itself), or float32 compute, where
+        # cuBLAS keeps full precision while Triton's dot would round the float32 inputs to TF32
         out.addmm_(h, up.t(), alpha=factor)
 
 
