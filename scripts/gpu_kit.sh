@@ -12,7 +12,7 @@ mkdir -p .gpu/wheels
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/wheels \
   av==19.0.2 torchsde==0.2.6 trampoline==0.1.2 comfyui-frontend-package==1.32.9 sageattention==1.0.6 \
-  pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pytest-timeout==2.4.0
+  pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pytest-timeout==2.4.0 pytest-xdist==3.8.0 execnet==2.1.2
 rm -rf .gpu/comfyui
 mkdir -p .gpu/comfyui
 tar -C .comfyui --exclude='./tests' --exclude='./tests-unit' --exclude='*_tokenizer/*.json' --exclude='*_tokenizer/*.txt' --exclude='*_tokenizer/*.model' --exclude='__pycache__' -cf - . \

@@ -16,4 +16,11 @@ if [ -d .gpu/wheels ]; then
 fi
 [ -z "${COMFYUI_DIR:-}" ] && [ -f .gpu/comfyui/main.py ] && export COMFYUI_DIR="$root/.gpu/comfyui"
 mkdir -p test-artifacts
-exec "$python" -m pytest ${LIGHTX2V_TESTS:-tests} --ignore=tests/test_browser.py -p no:cacheprovider "$@"
+# Test files run in parallel processes sharing the GPU (LIGHTX2V_TEST_WORKERS, default 4; 0 runs them in this process):
+# one process took over 9 minutes for the suite on an H100, most of it compiling Triton kernels and ComfyUI graphs.
+workers=${LIGHTX2V_TEST_WORKERS:-4}
+parallel=()
+if [ "$workers" != 0 ] && "$python" -c "import xdist" 2>/dev/null; then
+  parallel=(-n "$workers" --dist loadfile)
+fi
+exec "$python" -m pytest ${LIGHTX2V_TESTS:-tests} --ignore=tests/test_browser.py -p no:cacheprovider "${parallel[@]}" "$@"
