@@ -35,6 +35,18 @@ def models_dir():
     return pathlib.Path(folder_paths.models_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_t2v(models_dir):
+    """A tiny random Wan2.1 T2V checkpoint (fp32, ComfyUI key layout) in models/diffusion_models: its file name."""
+    from lightx2v_nodes.wan import synthetic
+
+    name = "test_tiny_t2v_fp32.safetensors"
+    cfg = synthetic.tiny_config("t2v")
+    synthetic.write_checkpoint(synthetic.random_state_dict(cfg, seed=1), str(models_dir / "diffusion_models" / name),
+                               "comfy", "fp32")
+    return name
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny matmuls: one thread is faster, and far faster on a loaded 2-core machine (no spin-waiting).

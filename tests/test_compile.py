@@ -143,15 +143,6 @@ def test_unavailable_compiler_is_reported_and_skipped(monkeypatch, log_lines):
         wan_compile.CompiledPhases(wan_compile.CompileSettings(backend="tvm"))
 
 
-@pytest.fixture(scope="module")
-def tiny_t2v(models_dir):
-    cfg = synthetic.tiny_config("t2v")
-    name = "test_compile_tiny_t2v_fp32.safetensors"
-    synthetic.write_checkpoint(synthetic.random_state_dict(cfg, seed=4), str(models_dir / "diffusion_models" / name),
-                               "comfy", "fp32")
-    return name
-
-
 def test_compile_node_in_a_workflow(comfy_nodes, tiny_t2v):
     # sdpa, not auto: on Hopper auto picks lightx2v-int8, whose graph break changes the graph count (see tiny_model)
     loader = {"class_type": "LightX2VLoadWanDiT", "inputs": {"model_name": tiny_t2v, "dtype": "fp32", "attention": "sdpa"}}

@@ -11,14 +11,6 @@ from lightx2v_nodes.wan import synthetic
 from lightx2v_nodes.wan.attention import choose_attention
 
 
-@pytest.fixture(scope="module")
-def tiny_t2v(models_dir):
-    cfg = synthetic.tiny_config("t2v")
-    name = "test_tiny_t2v_fp32.safetensors"
-    synthetic.write_checkpoint(synthetic.random_state_dict(cfg, seed=1), str(models_dir / "diffusion_models" / name), "comfy", "fp32")
-    return name
-
-
 def test_t2v_prompt_ours_equals_native(comfy_nodes, tiny_t2v, native_unet_fp32):
     ours = run_prompt(t2v_prompt({"class_type": "LightX2VLoadWanDiT",
                                   "inputs": {"model_name": tiny_t2v, "dtype": "fp32", "attention": "auto"}}), outputs=["5"])

@@ -134,15 +134,6 @@ def test_install_puts_the_sparse_backend_on_sparse_blocks_only():
     assert all(block.self_attn.attend is dense.call for block in model.blocks)
 
 
-@pytest.fixture(scope="module")
-def tiny_t2v(models_dir):
-    cfg = synthetic.tiny_config("t2v")
-    name = "test_sparse_tiny_t2v_fp32.safetensors"
-    synthetic.write_checkpoint(synthetic.random_state_dict(cfg, seed=4), str(models_dir / "diffusion_models" / name),
-                               "comfy", "fp32")
-    return name
-
-
 NODE = {"class_type": "LightX2VSparseAttention", "inputs": {
     "mask": "radial", "dense_steps": 1, "dense_blocks": 1, "radial_decay": 0.2, "window_frames": 3,
     "window_height": 6, "window_width": 8, "window_radius": 1}}
