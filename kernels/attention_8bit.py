@@ -284,6 +284,13 @@ try:
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_m[:, None] < length_q)
 
     @triton.jit
+    def _load_q_tile(q_ptr, qs_ptr, bh, offs_m, padded_q, HEAD_DIM: tl.constexpr):
+        """Pointer loads of one query tile of head row `bh` (int64) and its per-token scales."""
+        offs_d = tl.arange(0, HEAD_DIM)
+        q = tl.load(q_ptr + bh * padded_q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
+        return q, tl.load(qs_ptr + bh * padded_q + offs_m)
+
+    @triton.jit
     def _attention8_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, vt_ptr, vs_ptr, out_ptr, length_q, length_k, heads,
                            padded_q, padded_k, stride_ob, stride_ol, stride_oh,
                            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -292,10 +299,8 @@ try:
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
         bh = pid_bh.to(tl.int64)
-        q = tl.load(q_ptr + bh * padded_q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
-        row_scale = tl.load(qs_ptr + bh * padded_q + offs_m)
+        q, row_scale = _load_q_tile(q_ptr, qs_ptr, bh, offs_m, padded_q, HEAD_DIM)
         acc, l_i = _attend_keys(q, row_scale, k_ptr + bh * padded_k * HEAD_DIM, vt_ptr + bh * HEAD_DIM * padded_k, ks_ptr,
                                 pid_bh, length_k, padded_k, BLOCK_M, BLOCK_N, HEAD_DIM, ROUND_P, SPLIT_ACC, False)
         _store_output(acc, l_i, vs_ptr, out_ptr, pid_bh, offs_m, length_q, heads, stride_ob, stride_ol, stride_oh, HEAD_DIM)
@@ -390,6 +395,31 @@ def default_tiles(tma: bool):
     return (32, 32, 4, 1) if _INTERPRET else HOPPER_TILES if tma else ATTENTION_TILES
 
 
+def launch_tiles(device: torch.device, tiles, tma, caller: str) -> tuple[bool, tuple[int, int, int, int]]:
+    """(tensor-descriptor loads?, (BLOCK_M, BLOCK_N, num_warps, num_stages)) for a launch of the dense or
+    block-sparse kernel: the given choices or the defaults, tiles checked against the quantization block."""
+    tma = use_tma(device) if tma is None else tma
+    bm, bn, warps, stages = tiles or default_tiles(tma)
+    if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
+        raise ValueError(f"{caller}: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
+    return tma, (bm, bn, warps, stages)
+
+
+def launch_operands(q, k, v, quantized, tma: bool, tiles) -> tuple[tuple, tuple[int, int], dict]:
+    """(the kernel's six leading operands, padded (Lq, Lk), launch options): Q, K, V^T quantized (or `quantized`)
+    with their scales, as tensor descriptors for the TMA kernels."""
+    q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv(q, k, v)
+    bm, bn, warps, stages = tiles
+    options = {"num_warps": warps, "num_stages": stages}
+    if tma:
+        desc_q, desc_k, desc_v = _descriptors(q8, k8, v8t, bm, bn)
+        operands = (desc_q, qs, desc_k, ks, desc_v, vs)
+        options["maxnreg"] = HOPPER_MAX_REGISTERS
+    else:
+        operands = (q8, qs, k8, ks, v8t, vs)
+    return operands, (q8.shape[2], k8.shape[2]), options
+
+
 def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None, tma=None):
     """8-bit attention; returns [B, Lq, H, D] in q's dtype.
 
@@ -400,21 +430,12 @@ def attention8(q, k, v, quantized=None, tiles=None, split_accumulation=None, tma
     _check(q, k, v)
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv(q, k, v)
+    tma, (bm, bn, warps, stages) = launch_tiles(q.device, tiles, tma, "attention8")
+    operands, (padded_q, padded_k), options = launch_operands(q, k, v, quantized, tma, (bm, bn, warps, stages))
+    kernel = _attention8_kernel_tma if tma else _attention8_kernel
     out = torch.empty((b, lq, h, d), dtype=q.dtype, device=q.device)
-    tma = use_tma(q.device) if tma is None else tma
-    bm, bn, warps, stages = tiles or default_tiles(tma)
-    if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
-        raise ValueError(f"attention8: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
-    launch = {"num_warps": warps, "num_stages": stages}
-    if tma:
-        desc_q, desc_k, desc_v = _descriptors(q8, k8, v8t, bm, bn)
-        kernel, operands = _attention8_kernel_tma, (desc_q, qs, desc_k, ks, desc_v, vs)
-        launch["maxnreg"] = HOPPER_MAX_REGISTERS
-    else:
-        kernel, operands = _attention8_kernel, (q8, qs, k8, ks, v8t, vs)
     split = SPLIT_ACCUMULATION if split_accumulation is None else bool(split_accumulation)
-    kernel[(triton.cdiv(lq, bm), b * h)](*operands, out, lq, lk, h, q8.shape[2], k8.shape[2], out.stride(0),
+    kernel[(triton.cdiv(lq, bm), b * h)](*operands, out, lq, lk, h, padded_q, padded_k, out.stride(0),
                                          out.stride(1), out.stride(2), HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn,
-                                         ROUND_P=_INTERPRET, SPLIT_ACC=split, **launch)
+                                         ROUND_P=_INTERPRET, SPLIT_ACC=split, **options)
     return out

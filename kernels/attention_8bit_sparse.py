@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import torch
 
-from .attention_8bit import (HOPPER_MAX_REGISTERS, P_SCALE_LOG2, QUANT_BLOCK, SPLIT_ACCUMULATION, _check, _descriptors,
-                             default_tiles, quantize_qkv, quantize_qkv_reference, triton, use_tma)
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .attention_8bit import (P_SCALE_LOG2, QUANT_BLOCK, SPLIT_ACCUMULATION, _check, default_tiles, launch_operands,
+                             launch_tiles, quantize_qkv_reference, triton, use_tma)
+from .common import INTERPRET
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +110,7 @@ def attention8_sparse_reference(q, k, v, table: BlockTable, quantized=None):
 if triton is not None:
     import triton.language as tl
 
-    from .attention_8bit import _attention8_tile, _load_kv_tile, _store_output
+    from .attention_8bit import _attention8_tile, _load_kv_tile, _load_q_tile, _store_output
 
     @triton.jit
     def _attend_listed_keys(q, row_scale, k_src, v_src, ks_ptr, list_ptr, count, pid_bh, length_k, padded_k,
@@ -154,10 +152,8 @@ if triton is not None:
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
         bh = pid_bh.to(tl.int64)
-        q = tl.load(q_ptr + bh * padded_q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
-        row_scale = tl.load(qs_ptr + bh * padded_q + offs_m)
+        q, row_scale = _load_q_tile(q_ptr, qs_ptr, bh, offs_m, padded_q, HEAD_DIM)
         listed, count = _listed(indices_ptr, counts_ptr, pid_m, pid_bh, heads, n_query_tiles, max_listed, PER_HEAD)
         acc, l_i = _attend_listed_keys(q, row_scale, k_ptr + bh * padded_k * HEAD_DIM, vt_ptr + bh * HEAD_DIM * padded_k,
                                        ks_ptr, listed, count, pid_bh, length_k, padded_k, BLOCK_M, BLOCK_N, HEAD_DIM,
@@ -188,24 +184,15 @@ def attention8_sparse(q, k, v, table: BlockTable, quantized=None, tiles=None, sp
     _check(q, k, v)
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    tma = use_tma(q.device) if tma is None else tma
-    bm, bn, warps, stages = tiles or default_tiles(tma)
-    if QUANT_BLOCK % bn or QUANT_BLOCK % bm:
-        raise ValueError(f"attention8_sparse: tiles must divide {QUANT_BLOCK}, got BLOCK_M={bm}, BLOCK_N={bn}")
+    tma, (bm, bn, warps, stages) = launch_tiles(q.device, tiles, tma, "attention8_sparse")
     _check_table(table, h, lq, lk, (bm, bn))
-    q8, qs, k8, ks, v8t, vs = quantized or quantize_qkv(q, k, v)
+    operands, (padded_q, padded_k), options = launch_operands(q, k, v, quantized, tma, (bm, bn, warps, stages))
+    kernel = _attention8_sparse_kernel_tma if tma else _attention8_sparse_kernel
     out = torch.empty((b, lq, h, d), dtype=q.dtype, device=q.device)
-    launch = {"num_warps": warps, "num_stages": stages}
-    if tma:
-        desc_q, desc_k, desc_v = _descriptors(q8, k8, v8t, bm, bn)
-        kernel, operands = _attention8_sparse_kernel_tma, (desc_q, qs, desc_k, ks, desc_v, vs)
-        launch["maxnreg"] = HOPPER_MAX_REGISTERS
-    else:
-        kernel, operands = _attention8_sparse_kernel, (q8, qs, k8, ks, v8t, vs)
     split = SPLIT_ACCUMULATION if split_accumulation is None else bool(split_accumulation)
     n_q = table.indices.shape[1]
-    kernel[(n_q, b * h)](*operands, out, table.indices, table.counts, lq, lk, h, q8.shape[2], k8.shape[2],
+    kernel[(n_q, b * h)](*operands, out, table.indices, table.counts, lq, lk, h, padded_q, padded_k,
                          out.stride(0), out.stride(1), out.stride(2), n_q, table.indices.shape[2],
-                         PER_HEAD=table.indices.shape[0] > 1, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, ROUND_P=_INTERPRET,
-                         SPLIT_ACC=split, **launch)
+                         PER_HEAD=table.indices.shape[0] > 1, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, ROUND_P=INTERPRET,
+                         SPLIT_ACC=split, **options)
     return out
