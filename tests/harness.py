@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 
@@ -203,3 +204,14 @@ def tiny_t2v_prompt(model_node: dict, patch_node: dict | None = None, seed=3, st
     if patch_node:
         prompt["6"] = {**patch_node, "inputs": {"model": ["1", 0], **patch_node["inputs"]}}
     return prompt
+
+
+class LogLines(logging.Handler):
+    """Collects log messages (for the pack's logger: the suite runs with -p no:logging, so no caplog)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())

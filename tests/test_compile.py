@@ -10,7 +10,7 @@ import logging
 import pytest
 import torch
 
-from harness import run_prompt, tiny_t2v_prompt
+from harness import LogLines, run_prompt, tiny_t2v_prompt
 from lightx2v_nodes.quant import quantize_dit_
 from lightx2v_nodes.wan import compile as wan_compile
 from lightx2v_nodes.wan import synthetic
@@ -37,17 +37,6 @@ def tiny_model(layers=4, dtype=torch.float32, device="cpu", seed=0):
 
 def rel_err(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-class LogLines(logging.Handler):
-    """The pack's log messages (tests run with -p no:logging, so no caplog)."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from harness import run_prompt, tiny_t2v_prompt
+from harness import LogLines, run_prompt, tiny_t2v_prompt
 from triton_interpreter import ROOT, run_in_triton_interpreter
 
 from lightx2v_nodes.errors import LightX2VError
@@ -137,15 +137,6 @@ def test_install_puts_the_sparse_backend_on_sparse_blocks_only():
 NODE = {"class_type": "LightX2VSparseAttention", "inputs": {
     "mask": "radial", "dense_steps": 1, "dense_blocks": 1, "radial_decay": 0.2, "window_frames": 3,
     "window_height": 6, "window_width": 8, "window_radius": 1}}
-
-
-class LogLines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
