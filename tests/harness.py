@@ -209,8 +209,8 @@ def tiny_t2v_prompt(model_node: dict, patch_node: dict | None = None, seed=3, st
 class LogLines(logging.Handler):
     """Collects log messages (for the pack's logger: the suite runs with -p no:logging, so no caplog)."""
 
-    def __init__(self):
-        super().__init__(logging.INFO)
+    def __init__(self, level=logging.INFO):
+        super().__init__(level)
         self.lines = []
 
     def emit(self, record):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from harness import LogLines
 from lightx2v_nodes.errors import LightX2VError
 from lightx2v_nodes.quant import QuantLinear, apply_quantization, normalize_quantized, quantize_weight
 from lightx2v_nodes.quant import backends
@@ -148,15 +149,6 @@ def test_quant_linear_comfy_patch_hooks():
     assert kept.dtype == torch.int8 and kept.float().abs().max() <= 128
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def test_backend_choice(monkeypatch):
     monkeypatch.delenv(backends.ENV_OVERRIDE, raising=False)
     assert backends.choose("fp8", "w8a8", "cpu") == ["reference"]
@@ -171,7 +163,7 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setattr(backends._kernels, "TRITON_AVAILABLE", False)
     assert backends.choose("fp8", "w8a8", "cuda", (9, 0)) == ["scaled_mm", "weight_only"]
     assert backends.choose("int8", "w8a8", "cuda", (8, 0)) == ["int_mm", "reference"]
-    records = Records()
+    records = LogLines(logging.WARNING)
     logging.getLogger("lightx2v_nodes").addHandler(records)
     try:
         assert backends.choose("fp8", "w8a8", "cuda", (8, 6)) == ["weight_only"]
@@ -190,7 +182,7 @@ def test_backend_choice(monkeypatch):
 def test_dispatch_logs_one_line_per_token_class(monkeypatch):
     monkeypatch.delenv(backends.ENV_OVERRIDE, raising=False)
     layer = QuantLinear.from_float(torch.nn.Linear(32, 16), "int8")
-    records = Records()
+    records = LogLines(logging.WARNING)
     records.setLevel(logging.INFO)
     logger = logging.getLogger("lightx2v_nodes")
     level = logger.level
