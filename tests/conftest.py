@@ -47,6 +47,18 @@ def tiny_t2v(models_dir):
     return name
 
 
+@pytest.fixture(scope="session", autouse=True)
+def full_float32_convolutions():
+    """fp32 checks mean full float32. On a GPU, cuDNN runs float32 convolutions in TF32 by default (PyTorch's
+    default; 10 mantissa bits, relative error about 1e-3), so two exact implementations of one model, or one decoder
+    fed latents that differ by 1e-6, come out about 1e-4 apart (the patch embedding and the tiny VAE are
+    convolutions). On a CPU the flag changes nothing."""
+    import torch
+
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny matmuls: one thread is faster, and far faster on a loaded 2-core machine (no spin-waiting).

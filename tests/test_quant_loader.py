@@ -106,9 +106,10 @@ def test_lightx2v_file_auto_equals_quantize_on_load(float_run, write, float_sd):
     assert cosine(dequantized, on_load) >= 0.999
 
 
-def test_comfy_scaled_fp8_matches_native_loader(float_run, write, float_sd):
+def test_comfy_scaled_fp8_matches_native_loader(float_run, write, float_sd, native_unet_fp32):
     name = write("quant_comfy_scaled_fp8.safetensors", quantized_checkpoint(float_sd, "comfy_scaled_fp8"), prefix="")
-    # Native ComfyUI computes an fp8 file in bf16 on a GPU (fp32 on the CPU); ModelComputeDtype pins fp32, the
+    # On a GPU native ComfyUI loads an fp8 file's other tensors (norms, biases, modulation) as bf16 and computes in
+    # bf16 (on the CPU: fp32). native_unet_fp32 keeps those tensors fp32 and ModelComputeDtype pins fp32 compute, the
     # dtype ours computes in here, so both sides run the same math on the same dequantized weights.
     fp32_compute = {"c": {"class_type": "ModelComputeDtype", "inputs": {"model": ["1", 0], "dtype": "fp32"}}}
     native = run({"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}},

@@ -184,23 +184,28 @@ def test_i2v_equals_native_custom_advanced(comfy_nodes, models, mode, native_sam
 @pytest.mark.parametrize("mode", ["deterministic", "renoise"])
 def test_matches_hand_written_lightx2v_update_rule(comfy_nodes, models, mode):
     """x0 = x - sigma*v; deterministic: x = x0 + sigma_next*v; renoise: x = (1-sigma_next)*x0 + sigma_next*noise."""
+    import comfy.model_management
     import comfy.sample
 
     model, seed = models["t2v"], 5
     context = text_cond(1)[0][0]
     sigmas = distill_sigmas(parse_step_list("1000,750,500,250"), 5.0).tolist()
     dit, base = model.model.diffusion_model, model.model
+    comfy.model_management.load_models_gpu([model])  # sampling runs on the load device (cuda:0 on a GPU)
+    device = model.load_device
     with torch.inference_mode():
-        x = comfy.sample.prepare_noise(torch.zeros(T2V_LATENT), seed)  # sigma 1: pure noise
-        fresh = torch.Generator().manual_seed(seed)  # ComfyUI's lcm draws its fresh noise from the seed
+        x = comfy.sample.prepare_noise(torch.zeros(T2V_LATENT), seed).to(device)  # sigma 1: pure noise
+        # ComfyUI's lcm draws its fresh noise from the seed, with a generator on the device the latent is on
+        fresh = torch.Generator(device=device).manual_seed(seed)
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            v = dit(x, torch.tensor([sigma * 1000.0]), context)
+            v = dit(x, torch.tensor([sigma * 1000.0], device=device), context.to(device))
             x0 = x - sigma * v
             if mode == "deterministic":
                 x = x0 + sigma_next * v
             else:
-                x = x0 if sigma_next == 0 else (1 - sigma_next) * x0 + sigma_next * torch.randn(x.shape, generator=fresh)
-        expected = base.process_latent_out(x)
+                noise = torch.randn(x.shape, generator=fresh, device=device)
+                x = x0 if sigma_next == 0 else (1 - sigma_next) * x0 + sigma_next * noise
+        expected = base.process_latent_out(x.cpu())
     got = four_step(comfy_nodes, model, text_cond(1), seed=seed, mode=mode)
     assert rel_err(got, expected) <= TOL
 

@@ -16,15 +16,6 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.fixture(autouse=True)
-def full_float32_convolutions():
-    """On a GPU, cuDNN runs float32 convolutions in TF32 (PyTorch's default; 10 mantissa bits, relative error about
-    1e-3), and which algorithm runs depends on the shapes each decode mode feeds it. These fp32 checks against
-    ComfyUI's TAEHV on the CPU mean full float32; on a CPU the flag changes nothing."""
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        yield
-
-
 @pytest.fixture(scope="module")
 def tiny_vae_file(models_dir):
     """A random Wan2.1 TAEHV under a name ComfyUI's own VAELoader would not list (no taehv/lighttae prefix)."""
