@@ -118,3 +118,22 @@ def test_lazy_experts_stream_from_disk_one_at_a_time(folders, models_dir, schedu
         low = id(run.output("lo").model.diffusion_model)
         # The high-noise expert's blocks leave the device before the low-noise expert's scheduler starts.
         assert scheduler_events[:3] == [("install", high), ("uninstall", high), ("install", low)]
+
+
+def test_a_new_run_starts_with_the_low_noise_expert_off_the_device(folders, comfy_nodes, scheduler_events):
+    """Across runs too, only one expert is on the device: the low-noise expert that ended the last run leaves before
+    the high-noise one is loaded (ComfyUI itself would keep both while its free-memory check allows)."""
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    prompt = two_expert_prompt(folders, lazy=True)
+    run = run_prompt(prompt, outputs=["s"])
+    high, low = run.output("ho"), run.output("lo")
+    inputs = dict(prompt["s"]["inputs"], model=high, low_noise_model=low, positive=run.output("c"),
+                  latent_image=run.output("lat"), seed=6)
+    scheduler_events.clear()
+    with torch.inference_mode():  # as the executor runs it
+        comfy_nodes["LightX2VFourStepSampler"].execute(**inputs)
+    mm.unload_all_models()
+    high_id, low_id = id(high.model.diffusion_model), id(low.model.diffusion_model)
+    assert scheduler_events[:3] == [("uninstall", low_id), ("install", high_id), ("uninstall", high_id)]

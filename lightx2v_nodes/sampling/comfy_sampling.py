@@ -161,9 +161,13 @@ def sample_two_experts(high, low, positive, negative, latent: dict, seed: int, s
 
     The same two calls as ComfyUI's SplitSigmas -> SamplerCustomAdvanced(high, RandomNoise) ->
     SamplerCustomAdvanced(low, DisableNoise): each segment loads its own expert (with its own patches, LoRA,
-    cache and offload), and the high-noise expert leaves the GPU before the low-noise one is loaded.
+    cache and offload), and only one expert is on the GPU at a time: the high-noise expert leaves before the
+    low-noise one is loaded, and the low-noise expert a previous run left loaded leaves before this run starts
+    (ComfyUI keeps it while the free memory it sees allows, which a VRAM cap does not show).
     """
     check_experts(high, low)
+    if low is not high:
+        offload_model(low)
     high_sigmas, low_sigmas = split_sigmas(sigmas, switch_step)
     sampler = comfy.samplers.sampler_object(check_sampler_name(sampler_name))
     latent_image = _input_latent(high, latent)
