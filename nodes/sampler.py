@@ -61,7 +61,8 @@ class FourStepSampler(LightX2VNode):
                                        "distill LoRAs were trained with; = native lcm)."),
                 io.Model.Input("low_noise_model", optional=True,
                                tooltip="Wan2.2 A14B: the low-noise expert (with its own LoRA, cache, offload). `model` "
-                                       "is then the high-noise expert. Only one expert is on the GPU at a time."),
+                                       "is then the high-noise expert. Both stay loaded while they fit; experts with a LightX2V "
+                                       "Offload take turns on the GPU."),
                 io.Combo.Input("switch_at", options=list(SWITCH_CHOICES), default="step", optional=True,
                                tooltip="Where the low-noise expert takes over. step: at switch_step (LightX2V's "
                                        "4-step Wan2.2 distills: 2). boundary: at the official Wan2.2 sigma boundary "

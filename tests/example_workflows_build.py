@@ -259,8 +259,8 @@ def specs() -> list[dict]:
                               "cache_device": "gpu", "verbose": False}),
         _two_experts("wan2.2_t2v_A14B_lightning_4step", "Wan2.2 T2V A14B, two experts + Lightning LoRAs, 4 steps", "t2v",
                      "v1.1", "Text-to-video with both Wan2.2 A14B experts in 4 steps (cfg 1): steps 1-2 on the "
-                     "high-noise expert, 3-4 on the low-noise one, each with its own Lightning LoRA. Only one expert is "
-                     "on the GPU at a time; for small GPUs add LightX2V Offload after each LoRA."),
+                     "high-noise expert, 3-4 on the low-noise one, each with its own Lightning LoRA. Both experts stay on "
+                     "the GPU while they fit; for small GPUs add LightX2V Offload after each LoRA, and they take turns."),
         _two_experts("wan2.2_i2v_A14B_lightning_4step", "Wan2.2 I2V A14B, two experts + Lightning LoRAs, 4 steps", "i2v",
                      "v1", "Image-to-video with both Wan2.2 A14B I2V experts in 4 steps (cfg 1): WanImageToVideo "
                      "without CLIP vision (Wan2.2 has no image encoder branch). Put your start image in `input/`."),

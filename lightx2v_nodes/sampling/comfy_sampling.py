@@ -155,18 +155,25 @@ def offload_model(model) -> None:
     mm.soft_empty_cache()
 
 
+def _streamed(model) -> bool:
+    """Whether a LightX2V Offload streams this MODEL (its patcher carries the offload request)."""
+    return hasattr(model, "offload_request")
+
+
 def sample_two_experts(high, low, positive, negative, latent: dict, seed: int, sigmas: torch.Tensor,
                        switch_step: int, cfg: float, sampler_name: str, label: str) -> tuple[dict, str]:
     """Wan2.2 A14B: the steps before `switch_step` on the high-noise expert, the rest on the low-noise one.
 
     The same two calls as ComfyUI's SplitSigmas -> SamplerCustomAdvanced(high, RandomNoise) ->
     SamplerCustomAdvanced(low, DisableNoise): each segment loads its own expert (with its own patches, LoRA,
-    cache and offload), and only one expert is on the GPU at a time: the high-noise expert leaves before the
-    low-noise one is loaded, and the low-noise expert a previous run left loaded leaves before this run starts
-    (ComfyUI keeps it while the free memory it sees allows, which a VRAM cap does not show).
+    cache and offload). Plain experts stay loaded while ComfyUI finds room for both, as native graphs keep them.
+    Streamed experts (a LightX2V Offload: the user gave a VRAM budget) take turns: the high-noise expert leaves
+    before the low-noise one is loaded, and the low-noise expert a previous run left loaded leaves before this run
+    starts, since the budget holds one expert's slots and activations, not two.
     """
     check_experts(high, low)
-    if low is not high:
+    take_turns = low is not high and (_streamed(high) or _streamed(low))
+    if take_turns:
         offload_model(low)
     high_sigmas, low_sigmas = split_sigmas(sigmas, switch_step)
     sampler = comfy.samplers.sampler_object(check_sampler_name(sampler_name))
@@ -177,7 +184,7 @@ def sample_two_experts(high, low, positive, negative, latent: dict, seed: int, s
     samples = progress.sample(make_guider(high, positive, negative, cfg), noise, latent_image, sampler, high_sigmas,
                               denoise_mask=mask, seed=seed)
     mm.throw_exception_if_processing_interrupted()
-    if low is not high:
+    if take_turns:
         offload_model(high)
     log.info("LightX2V %s: high-noise expert done (steps 1-%d), low-noise expert takes steps %d-%d", label,
              switch_step, switch_step + 1, len(sigmas) - 1)
