@@ -183,8 +183,11 @@ def _tiny_dit(dtype):
     state = synthetic.random_state_dict(cfg)
     model.load_state_dict({k: v if k.startswith("patch_embedding") else v.to(dtype) for k, v in state.items()},
                           assign=True)
-    inputs = (torch.randn(1, 16, 3, 8, 8, dtype=dtype), torch.tensor([500.0]),
-              torch.randn(1, 24, cfg.text_dim, dtype=dtype))
+    # Seeded: the fused and unfused 8-bit paths differ only where a value rounds to the other 8-bit level (0 to 3e-3
+    # relative over 12 seeds of these inputs), so a result must reproduce from run to run.
+    gen = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(1, 16, 3, 8, 8, generator=gen).to(dtype), torch.tensor([500.0]),
+              torch.randn(1, 24, cfg.text_dim, generator=gen).to(dtype))
     return model, inputs
 
 
